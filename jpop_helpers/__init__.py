@@ -1,0 +1,12 @@
+"""jpop-musicgen helpers: data preparation, fine-tuning and evaluation of MusicGen for a genre.
+
+Stages (see DESIGN.md): download -> prepare (chunk, split, label, caption, manifests) -> ...
+Each stage is a module with a dataclass config and one entry function, also reachable as
+`python -m jpop_helpers <verb>`.
+"""
+import os
+
+# essentia-tensorflow loads TensorFlow, which prints CUDA probing lines on machines without a GPU.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+__version__ = "0.1.0"

@@ -1,0 +1,253 @@
+"""Stage 01: sources listed in a CSV manifest -> wav files + info JSON under <root>/raw, via yt-dlp.
+
+A source is anything yt-dlp accepts (a playlist or video URL, `ytsearchN:query`), a `file://` URL, or
+a local file or folder of audio (e.g. your own CD rips; relative paths are read from the manifest's
+folder). Re-runs skip what is done: yt-dlp's download archive for online sources, the info JSON
+files for local ones. A failing source or track is recorded in reports/download_problems.jsonl and the
+others continue.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import shutil
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .colab import progress
+from .io import AUDIO_EXTENSIONS, read_json, safe_name, slugify, write_json
+from .layout import DataLayout
+from .problems import ProblemLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One row of the sources manifest."""
+
+    artist: str
+    source: str
+    limit: int | None = None  # at most this many tracks from a playlist / folder
+    genre: str = ""  # optional genre override for captions (e.g. "j-pop")
+    notes: str = ""
+
+
+@dataclass
+class DownloadConfig:
+    audio_format: str = "wav"  # what ffmpeg writes; wav keeps the next stage lossless
+    allow_local: bool = True  # accept file:// URLs and local paths (yt-dlp's enable_file_urls)
+    retries: int = 3
+    socket_timeout: float = 30.0
+    sleep_between: float = 0.0  # seconds between tracks (be gentle with rate limits)
+    cookies_file: str | None = None  # for age-restricted content you have access to
+
+
+@dataclass
+class DownloadResult:
+    downloaded: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    problems: ProblemLog | None = None
+
+    def summary(self) -> str:
+        lines = [f"download: {len(self.downloaded)} new track(s), {self.skipped} already present"]
+        if self.problems is not None:
+            lines.append(self.problems.summary())
+        return "\n".join(lines)
+
+
+def read_sources(path: str | Path) -> list[Source]:
+    """Parse a sources CSV (columns: artist, source, limit, genre, notes; `#` lines are comments).
+
+    Relative local paths in `source` are resolved against the CSV's folder.
+
+    Raises:
+        ValueError: a row misses its artist or source, or has a non-integer limit (row number named).
+    """
+    path = Path(path)
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    rows = list(csv.DictReader(lines))
+    sources = []
+    for i, row in enumerate(rows, start=2):
+        artist, src = (row.get("artist") or "").strip(), (row.get("source") or "").strip()
+        if not artist or not src:
+            raise ValueError(f"{path}: row {i}: both 'artist' and 'source' are required")
+        limit_txt = (row.get("limit") or "").strip()
+        try:
+            limit = int(limit_txt) if limit_txt else None
+        except ValueError:
+            raise ValueError(f"{path}: row {i}: limit must be an integer, got {limit_txt!r}") from None
+        if _looks_local(src) and not Path(src).expanduser().is_absolute():
+            src = str((path.parent / src).resolve())
+        sources.append(Source(artist, src, limit, (row.get("genre") or "").strip(), (row.get("notes") or "").strip()))
+    return sources
+
+
+def _looks_local(src: str) -> bool:
+    return "://" not in src and not src.startswith(("ytsearch", "ytdl:", "scsearch"))
+
+
+def _expand_local(src: str, limit: int | None) -> list[str]:
+    """A local file or folder -> sorted file:// URLs of its audio files."""
+    p = Path(urllib.parse.unquote(src[7:])) if src.startswith("file://") else Path(src).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+    elif p.exists():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"no such file or folder: {p}")
+    return [f.resolve().as_uri() for f in files[:limit]]
+
+
+def _track_meta_done(layout: DataLayout) -> set[str]:
+    """Original URLs of every track already in raw/ (for local sources, which have no archive)."""
+    done = set()
+    for info in layout.raw.glob("*/*.info.json"):
+        try:
+            done.add(read_json(info).get("url", ""))
+        except Exception:
+            continue
+    return done
+
+
+class _ProblemLogger:
+    """yt-dlp logger: errors become problem-report rows naming the source; the rest goes to logging."""
+
+    def __init__(self, problems: ProblemLog):
+        self.problems = problems
+        self.source = ""
+        self.errors = 0
+
+    def debug(self, msg):
+        if not msg.startswith("[debug] "):
+            log.debug(msg)
+
+    def info(self, msg):
+        log.debug(msg)
+
+    def warning(self, msg):
+        log.info(msg)
+
+    def error(self, msg):
+        msg = msg.strip().removeprefix("ERROR:").strip()
+        if not msg or "WARNING:" in msg[:40]:  # some post-processors route warnings here
+            log.info(msg)
+            return
+        self.errors += 1
+        self.problems.add(self.source, msg)
+
+
+def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, config: DownloadConfig):
+    """A yt-dlp post-processor that runs after ffmpeg: moves the wav into raw/<artist>/ under a safe
+    name and writes its info JSON. It runs before yt-dlp records the download archive, so a crash
+    here means the track is fetched again next time, never silently lost."""
+    import soundfile as sf
+    from yt_dlp.postprocessor import PostProcessor
+    from yt_dlp.utils import PostProcessingError
+
+    class Finish(PostProcessor):
+        def run(self, info):
+            tmp = Path(info["filepath"])
+            # ffmpeg skips what it cannot probe and leaves the original file: check we got real audio.
+            try:
+                ok = tmp.suffix == f".{config.audio_format}" and sf.info(str(tmp)).frames > 0
+            except Exception:
+                ok = False
+            if not ok:
+                tmp.unlink(missing_ok=True)
+                raise PostProcessingError(f"{info.get('title') or tmp.name}: not decodable audio "
+                                          f"(ffmpeg could not convert it to {config.audio_format})")
+            key = f"{info.get('extractor_key', '')}:{info.get('id', '')}:{info.get('original_url') or info.get('webpage_url', '')}"
+            title = info.get("track") or info.get("title") or tmp.stem
+            artist_dir = layout.raw / slugify(source.artist, fallback="artist")
+            dest = artist_dir / f"{safe_name(title, key)}{tmp.suffix}"
+            artist_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(tmp), dest)
+            meta = {
+                "title": title,
+                "artist": source.artist,
+                "artist_tag": info.get("artist") or info.get("creator"),
+                "uploader": info.get("uploader"),
+                "album": info.get("album"),
+                "id": info.get("id"),
+                "extractor": info.get("extractor_key"),
+                "url": info.get("original_url") or info.get("webpage_url"),
+                "source": source.source,
+                "genre": source.genre or None,
+                "duration": float(sf.info(str(dest)).duration),
+                "downloaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_json(dest.with_suffix(".info.json"), meta)
+            result.downloaded.append(dest)
+            return [], {**info, "filepath": str(dest)}
+
+    return Finish()
+
+
+def download(sources: list[Source], root: str | Path, config: DownloadConfig | None = None) -> DownloadResult:
+    """Fetch every source into `<root>/raw`; never raises for a single bad source or track.
+
+    Returns:
+        DownloadResult with the new wav paths and the problem log (also on disk under reports/).
+    """
+    import yt_dlp
+
+    config = config or DownloadConfig()
+    layout = DataLayout(root)
+    layout.raw.mkdir(parents=True, exist_ok=True)
+    tmp_dir = layout.raw / ".incoming"
+    problems = ProblemLog.for_stage(root, "download")
+    result = DownloadResult(problems=problems)
+    logger = _ProblemLogger(problems)
+    done_local = _track_meta_done(layout)
+
+    base_opts = {
+        "format": "bestaudio/best",
+        "outtmpl": {"default": str(tmp_dir / "%(extractor_key)s-%(id)s.%(ext)s")},
+        "postprocessors": [{"key": "FFmpegExtractAudio", "preferredcodec": config.audio_format}],
+        "logger": logger,
+        "quiet": True,
+        "noprogress": True,
+        "ignoreerrors": True,  # a broken entry of a playlist does not end the playlist
+        "retries": config.retries,
+        "socket_timeout": config.socket_timeout,
+        "sleep_interval": config.sleep_between or None,
+        "enable_file_urls": config.allow_local,
+        "writethumbnail": False,
+        "noplaylist": False,
+    }
+    if config.cookies_file:
+        base_opts["cookiefile"] = config.cookies_file
+
+    for source in progress(sources, desc="sources", unit="src"):
+        logger.source = source.source
+        try:
+            if _looks_local(source.source) or source.source.startswith("file://"):
+                if not config.allow_local:
+                    raise ValueError("local sources are disabled (DownloadConfig.allow_local)")
+                urls = _expand_local(source.source, source.limit)
+                if not urls:
+                    raise ValueError("no audio files found")
+                todo = [u for u in urls if u not in done_local]
+                result.skipped += len(urls) - len(todo)
+                opts = base_opts
+            else:
+                todo = [source.source]
+                opts = {**base_opts, "download_archive": str(layout.download_archive)}
+                if source.limit:
+                    opts["playlistend"] = source.limit
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                ydl.add_post_processor(_make_finisher(layout, source, result, config), when="after_move")
+                for url in progress(todo, desc=source.artist, unit="track", leave=False):
+                    logger.source = urllib.parse.unquote(url) if url.startswith("file://") else url
+                    n_before, errors_before = len(result.downloaded), logger.errors
+                    info = ydl.extract_info(url, download=True)
+                    if (info is not None and "entries" not in info and len(result.downloaded) == n_before
+                            and logger.errors == errors_before):
+                        result.skipped += 1  # already in the archive
+        except Exception as e:  # one bad source never stops the batch
+            problems.add(source.source, f"{type(e).__name__}: {e}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return result

@@ -1,0 +1,75 @@
+"""Summary plots (matplotlib) for the notebooks and reports."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .layout import SPLITS, DataLayout
+
+
+def data_summary_figure(labels):
+    """Four panels: clips per artist and split, BPM histogram, key counts, top tags.
+
+    Args:
+        labels: the DataFrame of prepare.load_labels().
+    """
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    counts = labels.pivot_table(index="artist", columns="split", values="clip_id", aggfunc="count", fill_value=0)
+    counts = counts.reindex(columns=[s for s in SPLITS], fill_value=0)
+    counts.plot.barh(stacked=True, ax=axes[0, 0], color=["#4c72b0", "#dd8452", "#55a868"])
+    axes[0, 0].set_title("clips per artist and split")
+    axes[0, 0].set_xlabel("clips")
+    bpm = labels["bpm_estimate"].dropna() if "bpm_estimate" in labels else labels["bpm"].dropna()
+    axes[0, 1].hist(bpm, bins=20, color="#4c72b0")
+    axes[0, 1].set_title("tempo (BPM estimate)")
+    axes[0, 1].set_xlabel("BPM")
+    keys = labels["key"].fillna("?").value_counts().head(24)
+    keys.sort_index().plot.bar(ax=axes[1, 0], color="#8172b3")
+    axes[1, 0].set_title("keys")
+    tags = Counter()
+    for col in ("genres", "moods", "instruments"):
+        for lst in labels[col]:
+            tags.update(lst)
+    if tags:
+        names, values = zip(*tags.most_common(15))
+        axes[1, 1].barh(list(names)[::-1], list(values)[::-1], color="#c44e52")
+        axes[1, 1].set_title("top tags (genre, mood, instrument)")
+    else:
+        axes[1, 1].text(0.5, 0.5, "no model tags\n(DSP-only labels)", ha="center", va="center")
+        axes[1, 1].set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+def save_summary_plots(root: str | Path) -> list[Path]:
+    """Write reports/data_summary.png for a prepared root; returns the written paths."""
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+    from .prepare import load_labels
+
+    layout = DataLayout(root)
+    if not layout.labels_csv.exists():
+        return []
+    fig = data_summary_figure(load_labels(root))
+    out = layout.reports / "data_summary.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return [out]

@@ -1,0 +1,229 @@
+"""Stage 02: raw songs -> split -> 30-s clips -> labels and captions -> audiocraft manifests.
+
+Input: <root>/raw/<artist>/<track>.<audio ext> (+ optional .info.json from stage 01; any folder of
+audio files organised by artist works). Output: see layout.DataLayout. The stage is resumable per
+song: a song whose clips were written with the same settings is skipped; a bad or too-short file is
+reported by name and the others go on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .captions import CaptionConfig, make_captions
+from .chunking import ChunkConfig, SplitConfig, assign_splits, chunk_audio, read_splits
+from .colab import progress
+from .io import AUDIO_EXTENSIONS, load_audio, read_json, short_hash, write_json, write_wav
+from .labeling import LabelConfig, Labeler
+from .layout import SPLITS, DataLayout
+from .manifest import write_manifests, write_sidecar
+from .problems import ProblemLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareConfig:
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+
+
+@dataclass
+class Song:
+    song_id: str  # "<artist folder>__<track file stem>", unique and file-system safe
+    artist: str
+    title: str
+    path: Path
+    genre: str | None = None
+    source: str | None = None
+
+
+@dataclass
+class PrepareResult:
+    rows: list[dict]
+    manifests: dict[str, Path]
+    labels_csv: Path
+    problems: ProblemLog
+
+    def counts(self):
+        """pandas DataFrame: clips per artist (rows) and split (columns)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows, columns=["artist", "split", "clip_id"])
+        table = df.pivot_table(index="artist", columns="split", values="clip_id", aggfunc="count", fill_value=0)
+        return table.reindex(columns=[s for s in SPLITS], fill_value=0)
+
+    def summary(self) -> str:
+        songs = {r["song_id"] for r in self.rows}
+        per = {s: sum(r["split"] == s for r in self.rows) for s in SPLITS}
+        lines = [f"prepare: {len(self.rows)} clips from {len(songs)} songs "
+                 f"(train {per['train']}, valid {per['valid']}, test {per['test']})",
+                 f"manifests: {self.manifests['train'].parent.parent}", f"labels: {self.labels_csv}",
+                 self.problems.summary()]
+        return "\n".join(lines)
+
+
+def find_songs(layout: DataLayout) -> list[Song]:
+    """Every audio file under raw/<artist>/, with title/artist/genre from its .info.json if any."""
+    songs = []
+    for path in sorted(layout.raw.glob("*/*")):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or path.name.startswith("."):
+            continue
+        info_path = path.with_suffix(".info.json")
+        info = {}
+        if info_path.exists():
+            try:
+                info = read_json(info_path)
+            except Exception as e:
+                log.warning("%s: unreadable info JSON (%s); using the file name", info_path, e)
+        songs.append(Song(song_id=f"{path.parent.name}__{path.stem}", artist=info.get("artist") or path.parent.name,
+                          title=info.get("title") or path.stem, path=path, genre=info.get("genre"),
+                          source=info.get("url") or info.get("source")))
+    return songs
+
+
+def _signature(config: PrepareConfig) -> str:
+    """What a song's clips depend on: change any of it and the song is redone."""
+    c = dataclasses.asdict(config)
+    c["split"] = {}  # the split is stored separately and never changes for a song
+    for k in ("models_dir", "download_models"):
+        c["label"].pop(k)
+    return short_hash(json.dumps(c, sort_keys=True), 12)
+
+
+def _record_path(layout: DataLayout, song_id: str) -> Path:
+    return layout.clips / ".songs" / f"{song_id}.json"
+
+
+def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareResult:
+    """Run stage 02 on `<root>/raw`. Never raises for a single bad file; see the problem report.
+
+    Raises:
+        MissingModelError: the tagger graphs are missing and `config.label.dsp_only` is False
+            (raised before any clip is written).
+        FileNotFoundError: `<root>/raw` holds no audio.
+    """
+    config = config or PrepareConfig()
+    layout = DataLayout(root)
+    problems = ProblemLog.for_stage(root, "prepare")
+    songs = find_songs(layout)
+    if not songs:
+        raise FileNotFoundError(f"no audio files under {layout.raw}/<artist>/ (run the download stage first)")
+
+    splits = assign_splits({s.song_id: s.artist for s in songs}, config.split, read_splits(layout.splits_csv))
+    _write_splits(layout, songs, splits)
+    labeler = Labeler(config.label)
+    signature = _signature(config)
+
+    rows: list[dict] = []
+    for song in progress(songs, desc="prepare", unit="song"):
+        split = splits[song.song_id]
+        record_path = _record_path(layout, song.song_id)
+        record = read_json(record_path) if record_path.exists() else None
+        if record and record.get("signature") == signature and record.get("split") == split:
+            rows.extend(record["rows"])
+            continue
+        if record:  # settings changed: remove this song's old clips before writing new ones
+            for r in record["rows"]:
+                for p in (Path(r["path"]), Path(r["path"]).with_suffix(".json")):
+                    p.unlink(missing_ok=True)
+        try:
+            song_rows = _prepare_song(song, split, layout, config, labeler)
+        except Exception as e:  # one bad file never stops the batch
+            problems.add(song.path, f"{e}" if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+            continue
+        if not song_rows:
+            continue
+        write_json(record_path, {"signature": signature, "split": split, "rows": song_rows})
+        rows.extend(song_rows)
+
+    manifests = write_manifests(layout, rows)
+    labels_csv = _write_labels(layout, rows)
+    return PrepareResult(rows, manifests, labels_csv, problems)
+
+
+def _prepare_song(song: Song, split: str, layout: DataLayout, config: PrepareConfig, labeler: Labeler) -> list[dict]:
+    sr = config.chunk.sample_rate
+    audio = load_audio(song.path, sr)
+    seconds = len(audio) / sr
+    min_seconds = min(config.chunk.min_tail_seconds, config.chunk.chunk_seconds)
+    if seconds < min_seconds:
+        raise ValueError(f"too short: {seconds:.1f} s, a clip needs at least {min_seconds:.1f} s")
+    chunks, dropped = chunk_audio(audio, config.chunk)
+    if not chunks:
+        raise ValueError(f"no usable chunk in {seconds:.1f} s of audio ({'; '.join(r for _, r in dropped)})")
+    out_dir = layout.clips / split
+    rows = []
+    for chunk in chunks:
+        clip_id = f"{song.song_id}_{chunk.index:03d}"
+        labels = labeler(chunk.audio[: chunk.n_valid], sr)
+        genre = song.genre or (labels.genres[0] if labels.genres else None)
+        # An unsure tempo estimate (often half or double time) would teach the model a wrong caption.
+        reliable = config.label.bpm_method != "multifeature" or (labels.bpm_confidence or 0) >= config.label.bpm_min_confidence
+        bpm = labels.bpm if reliable else None
+        descriptions = make_captions(clip_id, genre, labels.moods, labels.instruments, bpm, labels.key,
+                                     config.captions)
+        genre = genre or config.captions.genre_fallback
+        wav_path = out_dir / f"{clip_id}.wav"
+        row = {
+            "clip_id": clip_id, "song_id": song.song_id, "split": split, "artist": song.artist,
+            "title": song.title, "source": song.source, "path": str(wav_path.resolve()),
+            "start": round(chunk.start, 3), "duration": len(chunk.audio) / sr, "sample_rate": sr,
+            "padded_seconds": round((len(chunk.audio) - chunk.n_valid) / sr, 3),
+            "key": labels.key, "key_strength": labels.key_strength, "bpm": bpm, "bpm_estimate": labels.bpm,
+            "bpm_confidence": labels.bpm_confidence, "genre": genre, "genres": labels.genres,
+            "moods": labels.moods, "instruments": labels.instruments,
+            "keywords": [g for g in labels.genres if g != genre] + labels.instruments,
+            "description": descriptions[0], "descriptions": descriptions, "scores": labels.scores,
+        }
+        write_wav(wav_path, chunk.audio, sr)
+        write_sidecar(wav_path, row)  # written after the wav: a sidecar always has its audio
+        rows.append(row)
+    return rows
+
+
+def _write_splits(layout: DataLayout, songs: list[Song], splits: dict[str, str]) -> None:
+    import pandas as pd
+
+    from .io import atomic_path
+
+    df = pd.DataFrame([{"song_id": s.song_id, "artist": s.artist, "title": s.title, "split": splits[s.song_id]}
+                       for s in songs])
+    with atomic_path(layout.splits_csv) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _write_labels(layout: DataLayout, rows: list[dict]) -> Path:
+    """labels.csv: one row per clip; list columns as '; '-joined text, scores as JSON per head."""
+    import pandas as pd
+
+    from .io import atomic_path
+
+    flat = []
+    for r in sorted(rows, key=lambda r: r["clip_id"]):
+        f = {k: v for k, v in r.items() if k not in ("scores", "descriptions")}
+        for k in ("genres", "moods", "instruments", "keywords"):
+            f[k] = "; ".join(r[k])
+        f["descriptions"] = json.dumps(r["descriptions"], ensure_ascii=False)
+        for head, scores in (r.get("scores") or {}).items():
+            f[f"{head}_scores"] = json.dumps(scores)
+        flat.append(f)
+    with atomic_path(layout.labels_csv) as tmp:
+        pd.DataFrame(flat).to_csv(tmp, index=False)
+    return layout.labels_csv
+
+
+def load_labels(root: str | Path):
+    """labels.csv as a DataFrame with list columns restored."""
+    import pandas as pd
+
+    df = pd.read_csv(DataLayout(root).labels_csv)
+    for k in ("genres", "moods", "instruments", "keywords"):
+        df[k] = df[k].fillna("").map(lambda s: [x for x in s.split("; ") if x])
+    return df

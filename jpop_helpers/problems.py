@@ -1,0 +1,56 @@
+"""Per-item problem report: one bad file never stops a batch, and the user learns which and why."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProblemLog:
+    """Collects problems of one stage run and appends them to `<root>/reports/<stage>_problems.jsonl`.
+
+    Each line: {"time", "stage", "item", "problem"}; the item is a file path or a source URL.
+    """
+
+    path: Path
+    stage: str
+    items: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def for_stage(cls, root: str | Path, stage: str) -> "ProblemLog":
+        return cls(Path(root) / "reports" / f"{stage}_problems.jsonl", stage)
+
+    def add(self, item: str | Path, problem: str) -> None:
+        row = {
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "stage": self.stage,
+            "item": str(item),
+            "problem": str(problem),
+        }
+        self.items.append(row)
+        append_jsonl(self.path, row)
+        log.warning("%s: %s: %s", self.stage, item, problem)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def summary(self, limit: int = 10) -> str:
+        """A few human-readable lines for stdout / the notebook."""
+        if not self.items:
+            return f"{self.stage}: no problems"
+        lines = [f"{self.stage}: {len(self.items)} problem(s), full list in {self.path}"]
+        for row in self.items[:limit]:
+            lines.append(f"  - {row['item']}: {row['problem']}")
+        if len(self.items) > limit:
+            lines.append(f"  ... and {len(self.items) - limit} more")
+        return "\n".join(lines)
+
+    def history(self) -> list[dict]:
+        """Every problem recorded by this stage so far, this run and earlier ones."""
+        return read_jsonl(self.path)
