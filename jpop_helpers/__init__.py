@@ -8,5 +8,7 @@ import os
 
 # essentia-tensorflow loads TensorFlow, which prints CUDA probing lines on machines without a GPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# audiocraft's datasets need a team config that its wheel lacks (FileNotFoundError .../config/teams/default.yaml).
+os.environ.setdefault("AUDIOCRAFT_CONFIG", os.path.join(os.path.dirname(__file__), "audiocraft_team.yaml"))
 
 __version__ = "0.1.0"

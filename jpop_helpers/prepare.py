@@ -225,5 +225,5 @@ def load_labels(root: str | Path):
 
     df = pd.read_csv(DataLayout(root).labels_csv)
     for k in ("genres", "moods", "instruments", "keywords"):
-        df[k] = df[k].fillna("").map(lambda s: [x for x in s.split("; ") if x])
+        df[k] = df[k].astype(object).where(df[k].notna(), "").map(lambda s: [x for x in str(s).split("; ") if x])
     return df

@@ -1,0 +1,65 @@
+"""Shared fixtures: real audio made here (rendered music, click tracks, tones), built once per session.
+
+Nothing is read from ../shared or the internet.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JPOP_NO_PROGRESS", "1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def click_track(bpm: float, seconds: float, sample_rate: int) -> np.ndarray:
+    """A metronome: 10-ms decaying 1 kHz bursts on every beat, accented every 4th. Returns [T] float32."""
+    x = np.zeros(int(seconds * sample_rate), np.float32)
+    t = np.arange(int(0.01 * sample_rate)) / sample_rate
+    burst = (np.sin(2 * np.pi * 1000 * t) * np.exp(-t * 300)).astype(np.float32)
+    for i, beat in enumerate(np.arange(0, seconds, 60.0 / bpm)):
+        s = int(beat * sample_rate)
+        seg = x[s : s + len(burst)]
+        seg += burst[: len(seg)] * (0.9 if i % 4 == 0 else 0.6)
+    return x
+
+
+def ffmpeg_tone(path: Path, seconds: float, freq: float = 440, rate: int = 44100, channels: int = 1,
+                codec: list[str] | None = None) -> Path:
+    """An audio file of a sine tone with a slow tremolo (not silent, not constant), in any format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency={freq}:duration={seconds}:sample_rate={rate}", "-af", "tremolo=f=2:d=0.5",
+                    "-ac", str(channels), "-ar", str(rate), *(codec or []), str(path)], check=True, stdin=subprocess.DEVNULL)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The offline pipeline run once on a small demo corpus: 3 artists x 2 songs x 25 s, 10-s clips.
+
+    01 (yt-dlp over file:// URLs) then 02 (DSP labels), exactly as `python -m jpop_helpers demo` does.
+    """
+    from jpop_helpers.chunking import ChunkConfig
+    from jpop_helpers.demo import build_corpus, write_demo_sources
+    from jpop_helpers.download import download, read_sources
+    from jpop_helpers.labeling import LabelConfig
+    from jpop_helpers.prepare import PrepareConfig, prepare
+
+    base = tmp_path_factory.mktemp("demo")
+    folders = build_corpus(base / "corpus", seconds=25, per_artist=2)
+    result = download(read_sources(write_demo_sources(base / "sources.csv", folders)), base / "root")
+    assert len(result.downloaded) == 6, result.summary()
+    prepare(base / "root", demo_prepare_config())
+    return base / "root"
+
+
+def demo_prepare_config():
+    from jpop_helpers.chunking import ChunkConfig
+    from jpop_helpers.labeling import LabelConfig
+    from jpop_helpers.prepare import PrepareConfig
+
+    return PrepareConfig(chunk=ChunkConfig(chunk_seconds=10.0, min_tail_seconds=4.0), label=LabelConfig(dsp_only=True))

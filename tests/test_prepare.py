@@ -1,0 +1,88 @@
+import json
+import shutil
+
+import pytest
+import soundfile as sf
+
+from conftest import demo_prepare_config, ffmpeg_tone
+from jpop_helpers.layout import SPLITS, DataLayout
+from jpop_helpers.manifest import MUSIC_INFO_FIELDS
+from jpop_helpers.prepare import load_labels, prepare
+
+
+def _manifest_songs(root):
+    out = {}
+    for split in SPLITS:
+        lines = DataLayout(root).manifest(split).read_text().splitlines()
+        out[split] = {json.loads(l)["path"].rsplit("/", 1)[1].rsplit("_", 1)[0] for l in lines}
+    return out
+
+
+def test_no_song_appears_in_two_splits(demo_root):
+    songs = _manifest_songs(demo_root)
+    assert all(songs[s] for s in SPLITS)  # 6 songs: every split is used
+    assert not (songs["train"] & songs["valid"]) and not (songs["train"] & songs["test"]) and not (songs["valid"] & songs["test"])
+    labels = load_labels(demo_root)
+    assert (labels.groupby("song_id")["split"].nunique() == 1).all()
+
+
+def test_clips_are_mono_32k_fixed_length_with_complete_sidecars(demo_root):
+    labels = load_labels(demo_root)
+    assert len(labels) >= 12
+    for path in labels["path"]:
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.frames) == (32000, 1, 320000)
+        side = json.loads(open(path[:-4] + ".json", encoding="utf-8").read())
+        assert set(MUSIC_INFO_FIELDS) <= set(side)
+        assert side["description"] in side["descriptions"] and side["genre"] == "j-pop"
+    assert labels["key"].notna().all() and labels["bpm_estimate"].notna().all()
+
+
+def test_audiocraft_music_dataset_reads_our_manifests(demo_root):
+    from audiocraft.data.music_dataset import MusicDataset
+
+    ds = MusicDataset.from_meta(DataLayout(demo_root).manifests / "train", segment_duration=10.0, num_samples=4,
+                                sample_rate=32000, channels=1, info_fields_required=True, return_info=True)
+    wav, info = ds[0]
+    assert tuple(wav.shape) == (1, 320000)
+    assert info.description and "j-pop" in info.description.lower()
+    assert info.artist and info.key and info.name
+    attrs = info.to_condition_attributes()
+    assert attrs.text["description"] == info.description
+
+
+def test_bad_files_are_reported_by_name_and_the_rest_completes(demo_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "raw", root / "raw")
+    (root / "raw" / "broken").mkdir()
+    (root / "raw" / "broken" / "garbage.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    ffmpeg_tone(root / "raw" / "broken" / "short.wav", 2.0)
+    result = prepare(root, demo_prepare_config())
+    problems = {p["item"].rsplit("/", 1)[1]: p["problem"] for p in result.problems.items}
+    assert set(problems) == {"garbage.wav", "short.wav"}
+    assert "cannot decode" in problems["garbage.wav"] and "too short" in problems["short.wav"]
+    assert len({r["song_id"] for r in result.rows}) == 6
+
+
+def test_rerun_skips_done_songs_and_a_settings_change_redoes_them(demo_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "raw", root / "raw")
+    first = prepare(root, demo_prepare_config())
+    wav = sorted((root / "clips").glob("*/*.wav"))[0]
+    mtime = wav.stat().st_mtime_ns
+    splits_before = (root / "splits.csv").read_text()
+    second = prepare(root, demo_prepare_config())
+    assert wav.stat().st_mtime_ns == mtime and len(second.rows) == len(first.rows)
+    assert (root / "splits.csv").read_text() == splits_before
+
+    cfg = demo_prepare_config()
+    cfg.chunk.chunk_seconds = 5.0
+    third = prepare(root, cfg)
+    assert len(third.rows) > len(first.rows)
+    assert {sf.info(r["path"]).frames for r in third.rows} == {160000}
+    assert len(list((root / "clips").glob("*/*.wav"))) == len(third.rows)  # old 10-s clips removed
+
+
+def test_empty_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no audio files"):
+        prepare(tmp_path, demo_prepare_config())
