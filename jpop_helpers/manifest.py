@@ -15,7 +15,7 @@ MUSIC_INFO_FIELDS = ("title", "artist", "key", "bpm", "genre", "moods", "keyword
 
 
 def music_info(row: dict) -> dict:
-    """The sidecar for one clip row (see prepare.clip_row): every MusicInfo field, then our extras.
+    """The sidecar for one clip row (see prepare._prepare_song): every MusicInfo field, then our extras.
 
     audiocraft ignores keys it does not know, so the caption variants and provenance ride along.
     """
@@ -31,7 +31,8 @@ def music_info(row: dict) -> dict:
         "name": row["clip_id"],
         "instrument": ", ".join(row["instruments"]) if row["instruments"] else None,
     }
-    extras = {k: row[k] for k in ("descriptions", "song_id", "split", "start", "instruments", "genres", "source")}
+    extras = {k: row[k] for k in ("descriptions", "song_id", "split", "start", "padded_seconds", "instruments",
+                                  "genres", "source")}
     return {**info, **extras}
 
 
