@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from .colab import progress
-from .io import append_jsonl, read_json, read_jsonl, write_json
+from .io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import TokenItem
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,10 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         step, skipped = state["step"], state.get("skipped_steps", 0)
         log.info("resumed %s from %s (step %d)", run_dir, path.name, step)
     metrics_path = run_dir / "metrics.jsonl"
-    if step == 0 and metrics_path.exists():
-        metrics_path.unlink()  # a run that never checkpointed starts over cleanly
+    rows = read_jsonl(metrics_path)
+    if any(r.get("step", 0) > step or (step == 0) for r in rows):
+        # Steps after the checkpoint we resume from will be trained again: drop their old rows.
+        write_jsonl(metrics_path, [r for r in rows if 0 < r.get("step", 0) <= step or (step and r.get("step") == 0)])
 
     def checkpoint():
         save_checkpoint(ckpt_dir, step, {

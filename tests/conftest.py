@@ -15,6 +15,12 @@ os.environ.setdefault("JPOP_NO_PROGRESS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_model_dir(tmp_path_factory):
+    """Build the tiny MusicGen inside this test session, never reuse one from the user's cache."""
+    os.environ["JPOP_TINY_MODEL_DIR"] = str(tmp_path_factory.mktemp("tiny-musicgen"))
+
+
 def click_track(bpm: float, seconds: float, sample_rate: int) -> np.ndarray:
     """A metronome: 10-ms decaying 1 kHz bursts on every beat, accented every 4th. Returns [T] float32."""
     x = np.zeros(int(seconds * sample_rate), np.float32)
@@ -63,3 +69,13 @@ def demo_prepare_config():
     from jpop_helpers.prepare import PrepareConfig
 
     return PrepareConfig(chunk=ChunkConfig(chunk_seconds=10.0, min_tail_seconds=4.0), label=LabelConfig(dsp_only=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(demo_root):
+    """The demo clips encoded with the tiny model's codec: (train items, valid items)."""
+    from jpop_helpers.model import load_musicgen
+    from jpop_helpers.tokens import encode_split
+
+    model = load_musicgen("tiny", "cpu")
+    return encode_split(model, demo_root, "train", "tiny"), encode_split(model, demo_root, "valid", "tiny")
