@@ -80,13 +80,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .prepare import prepare
 
     root = Path(a.root)
-    print(f"[1/3] rendering the demo corpus (music21 + fluidsynth) into {root / 'demo_corpus'}")
+    print(f"[1/4] rendering the demo corpus (music21 + fluidsynth) into {root / 'demo_corpus'}")
     folders = build_corpus(root / "demo_corpus", seconds=a.seconds, per_artist=a.per_artist)
     sources = write_demo_sources(root / "demo_sources.csv", folders)
-    print(f"[2/3] 01_download: {sources} -> {root / 'raw'}")
+    print(f"[2/4] 01_download: {sources} -> {root / 'raw'}")
     d = download(read_sources(sources), root)
     print(d.summary())
-    print("[3/3] 02_split_label: chunk, split by song, label, caption, manifests")
+    print("[3/4] 02_split_label: chunk, split by song, label, caption, manifests")
     a.dsp_only = a.dsp_only or not a.with_taggers  # offline by design: taggers only when asked for
     result = prepare(root, prepare_config_from_args(a))
     print(result.summary())
@@ -95,7 +95,93 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(f"plot: {path}")
     for split, path in result.manifests.items():
         print(f"manifest {split}: {path}")
+    if a.train_steps > 0:
+        print(f"[4/4] 03/04: {a.train_steps} steps of full and LoRA fine-tuning of the tiny model (CPU)")
+        for mode, lr in (("full", 1e-3), ("lora", 3e-3)):
+            cfg = train_config_from_args(a, mode=mode, model="tiny", steps=a.train_steps,
+                                         lr=a.lr or lr, eval_every=max(a.train_steps // 4, 1),
+                                         save_every=a.train_steps)
+            result_t = run_training(root, root / "runs" / f"tiny-{mode}", cfg, a.device or "cpu")
+            print(f"{mode}: ", end="")
+            _print_training(result_t)
     return 0 if result.rows else 1
+
+
+def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("training")
+    if not demo:
+        g.add_argument("--run", required=True, help="run folder (re-running the same command resumes it)")
+        g.add_argument("--mode", choices=["full", "lora"], default=d.mode)
+        g.add_argument("--model", default=d.model, help="facebook/musicgen-{small,medium,large,melody}, a folder, or tiny")
+        g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    g.add_argument("--lr", type=float, default=None, help="default 1e-5 (full) / 1e-4 (LoRA)")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=d.precision)
+    g.add_argument("--cfg-dropout", type=float, default=d.cfg_dropout)
+    g.add_argument("--activation-checkpointing", action="store_true")
+    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer)
+    g.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    g.add_argument("--eval-every", type=int, default=d.eval_every)
+    g.add_argument("--save-every", type=int, default=d.save_every)
+    g.add_argument("--keep-last", type=int, default=d.keep_last)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def train_config_from_args(a: argparse.Namespace, **override):
+    from .train import TrainConfig
+
+    fields = dict(mode=getattr(a, "mode", "full"), model=getattr(a, "model", "tiny"), steps=getattr(a, "steps", 100),
+                  batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
+                  precision=a.precision, cfg_dropout=a.cfg_dropout, activation_checkpointing=a.activation_checkpointing,
+                  optimizer=a.optimizer, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, eval_every=a.eval_every,
+                  save_every=a.save_every, keep_last=a.keep_last, seed=a.seed)
+    fields.update(override)
+    return TrainConfig(**fields)
+
+
+def run_training(root, run_dir, config, device=None, callback=None):
+    """Encode (cached) train/valid tokens, train or resume, write curves. Returns the TrainResult."""
+    from .model import default_device, load_musicgen
+    from .plots import save_training_curves
+    from .tokens import encode_split
+    from .train import train
+
+    device = device or default_device()
+    model = load_musicgen(config.model, device)
+    train_items = encode_split(model, root, "train", config.model)
+    valid_items = encode_split(model, root, "valid", config.model)
+    result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
+    save_training_curves(run_dir)
+    return result
+
+
+def _print_training(result) -> None:
+    valid = [m for m in result.metrics if "valid/ce" in m]
+    if valid:
+        print(f"valid CE {valid[0]['valid/ce']:.3f} (step {valid[0]['step']}) -> {valid[-1]['valid/ce']:.3f} "
+              f"(step {valid[-1]['step']}), perplexity {valid[-1]['valid/ppl']:.2f}")
+    print(f"run: {result.run_dir} (metrics.jsonl, curves.png, checkpoints/)")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    result = run_training(a.root, a.run, train_config_from_args(a), a.device)
+    _print_training(result)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out = export_run(a.run, a.out)
+    print(f"exported {a.run} -> {out} (load with MusicGen.get_pretrained('{out}'))")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,8 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="render this many seconds per piece")
     p.add_argument("--per-artist", type=int, default=None, help="pieces per demo artist")
     p.add_argument("--with-taggers", action="store_true", help="also run the essentia-tensorflow taggers (online)")
+    p.add_argument("--train-steps", type=int, default=60, help="tiny-model fine-tuning steps per mode (0: skip)")
     _add_prepare_args(p)
-    p.set_defaults(func=cmd_demo)
+    _add_train_args(p, demo=True)
+    p.set_defaults(func=cmd_demo, batch_size=4, warmup_steps=5)
+
+    p = sub.add_parser("train", help="03/04: fine-tune MusicGen's LM (full or LoRA); re-run to resume")
+    p.add_argument("--root", required=True, help="prepared data root")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a run as a folder MusicGen.get_pretrained loads")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -43,12 +43,15 @@ def workspace(project: str = "jpop-musicgen", root: str | None = None, runs: str
               use_drive: bool = True) -> Workspace:
     """Resolve the data root and runs folder.
 
-    Explicit arguments win. Otherwise: in Colab with `use_drive`, `MyDrive/<project>/{data,runs}`
-    (Drive is mounted if needed); elsewhere `./<project>-data/{data,runs}`.
+    Explicit arguments win; runs default to a `runs` folder beside an explicit root. Otherwise: in
+    Colab with `use_drive`, `MyDrive/<project>/{data,runs}` (Drive is mounted if needed); elsewhere
+    `./<project>-data/{data,runs}`.
     """
-    base: Path
-    drive = mount_drive() if (use_drive and in_colab() and not (root and runs)) else None
-    base = (drive / project) if drive else Path.cwd() / f"{project}-data"
+    if root:
+        base = Path(root).parent
+    else:
+        drive = mount_drive() if (use_drive and in_colab()) else None
+        base = (drive / project) if drive else Path.cwd() / f"{project}-data"
     ws = Workspace(Path(root) if root else base / "data", Path(runs) if runs else base / "runs")
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.runs.mkdir(parents=True, exist_ok=True)

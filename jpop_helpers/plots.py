@@ -73,3 +73,55 @@ def save_summary_plots(root: str | Path) -> list[Path]:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return [out]
+
+
+def training_curves_figure(metrics: list[dict], title: str = ""):
+    """CE (left) and perplexity (right) for train and valid, from a run's metrics.jsonl rows."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ce, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+    tr = [(m["step"], m["train/ce"]) for m in metrics if "train/ce" in m]
+    va = [(m["step"], m["valid/ce"]) for m in metrics if "valid/ce" in m]
+    for rows, label, style in ((tr, "train", "-"), (va, "valid", "o-")):
+        if rows:
+            steps, ce = zip(*rows)
+            ax_ce.plot(steps, ce, style, label=label)
+            ax_ppl.plot(steps, [math.exp(c) for c in ce], style, label=label)
+    ax_ce.set(xlabel="step", ylabel="cross-entropy (nats, mean over codebooks)", title=f"{title} CE".strip())
+    ax_ppl.set(xlabel="step", ylabel="perplexity = exp(CE)", title=f"{title} perplexity".strip(), yscale="log")
+    for ax in (ax_ce, ax_ppl):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_training_curves(run_dir: str | Path) -> Path:
+    """Write <run>/curves.png from <run>/metrics.jsonl."""
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path, read_jsonl
+
+    run_dir = Path(run_dir)
+    fig = training_curves_figure(read_jsonl(run_dir / "metrics.jsonl"), run_dir.name)
+    out = run_dir / "curves.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def live_curves(title: str = ""):
+    """A training callback that redraws the CE/PPL curves in a notebook output as metrics arrive."""
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    def show(metrics: list[dict]) -> None:
+        fig = training_curves_figure(metrics, title)
+        clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
+
+    return show

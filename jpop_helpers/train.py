@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -227,12 +228,14 @@ class TrainResult:
 
 
 def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem], valid_items: list[TokenItem],
-          model=None, device: str | None = None, stop_after: int | None = None) -> TrainResult:
+          model=None, device: str | None = None, stop_after: int | None = None,
+          callback: Callable[[list[dict]], None] | None = None) -> TrainResult:
     """Train (or resume) a run in `run_dir`.
 
     Args:
         model: an audiocraft MusicGen whose `.lm` is trained in place (loaded from config.model if None).
         stop_after: stop after this many optimizer steps in this call (simulates a disconnect in tests).
+        callback: called with all metric rows so far after each log and validation (live plots).
     Raises:
         ValueError: the run folder holds a run with a different mode or model.
     """
@@ -258,8 +261,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     lm = model.lm.to(device).float()
     model.compression_model.eval()
     if config.activation_checkpointing:
-        for layer in lm.transformer.layers:
-            layer.checkpointing = "torch"  # audiocraft re-computes the layer in backward
+        # audiocraft's StreamingTransformer wraps every layer in torch.utils.checkpoint: activations
+        # are recomputed in backward instead of stored (what lets medium/large fit a T4).
         lm.transformer.checkpointing = "torch"
     if config.mode == "lora":
         lm = add_lora(lm, config)
@@ -352,6 +355,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             t_last, clips_since = now, 0
         if valid_items and (step % config.eval_every == 0 or step == config.steps):
             last_valid = validate()
+        if callback is not None and (step % config.log_every == 0 or step % config.eval_every == 0):
+            callback(read_jsonl(metrics_path))
         if step % config.save_every == 0 or step == end:
             checkpoint()
     bar.close()

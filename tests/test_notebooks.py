@@ -40,3 +40,22 @@ def test_01_and_02_run_on_the_demo_corpus(tmp_path):
     assert set(songs) == {"train", "valid", "test"}
     assert not (songs["train"] & songs["test"]) and not (songs["train"] & songs["valid"])
     assert (root / "reports" / "data_summary.png").exists()
+
+
+@pytest.mark.parametrize("name,mode", [("03_full_finetune.ipynb", "full"), ("04_lora_attempt.ipynb", "lora")])
+def test_03_and_04_train_resume_and_export_the_tiny_model(demo_root, tmp_path, name, mode):
+    params = dict(DATA_ROOT=str(demo_root), RUNS_DIR=str(tmp_path / "runs"), USE_DRIVE=False, RUN_NAME=mode,
+                  MODEL="tiny", STEPS=12, BATCH_SIZE=4, GRAD_ACCUM=1, LR=3e-3, WARMUP_STEPS=2, EVAL_EVERY=6,
+                  SAVE_EVERY=6, LOG_EVERY=3, ACTIVATION_CHECKPOINTING=True)
+    out = run_notebook(name, tmp_path, **params)
+    run = tmp_path / "runs" / mode
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["valid_ce_end"] < 0.8 * summary["valid_ce_start"]
+    assert (run / "curves.png").exists() and (run / "export" / "state_dict.bin").exists()
+    assert (run / "export" / "adapter" / "adapter_model.safetensors").exists() == (mode == "lora")
+    nb = json.loads(out.read_text())
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb["cells"] for o in c.get("outputs", []))  # the live curve was drawn
+    # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train.
+    run_notebook(name, tmp_path, **params)
+    assert json.loads((run / "summary.json").read_text())["valid_ce_end"] == summary["valid_ce_end"]

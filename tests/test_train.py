@@ -129,3 +129,11 @@ def test_fp16_overflow_skips_the_step_instead_of_writing_nan(tiny_tokens, tmp_pa
     assert rows[-1]["skipped_steps"] == 1 and rows[-1]["scale"] < 65536.0
     state = torch.load(list_checkpoints(tmp_path / "r" / "checkpoints")[-1], weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_activation_checkpointing_gives_the_same_step(tiny_tokens, tmp_path):
+    train_items, valid_items = tiny_tokens
+    runs = [train(tiny_config("full", steps=2, activation_checkpointing=ckpt, cfg_dropout=0.0), tmp_path / str(ckpt),
+                  train_items, [], device="cpu") for ckpt in (False, True)]
+    a, b = ([m["train/ce"] for m in r.metrics if "train/ce" in m] for r in runs)
+    assert a == pytest.approx(b, rel=1e-5)
