@@ -113,7 +113,9 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     d = TrainConfig()
     g = p.add_argument_group("training")
     if not demo:
-        g.add_argument("--run", required=True, help="run folder (re-running the same command resumes it)")
+        # --run-dir too: under torchrun, "--run" is taken for torchrun's own --run-path
+        g.add_argument("--run", "--run-dir", dest="run", required=True,
+                       help="run folder (re-running the same command resumes it)")
         g.add_argument("--mode", choices=["full", "lora"], default=d.mode)
         g.add_argument("--model", default=d.model, help="facebook/musicgen-{small,medium,large,melody}, a folder, or tiny")
         g.add_argument("--steps", type=int, default=d.steps)
@@ -148,17 +150,25 @@ def train_config_from_args(a: argparse.Namespace, **override):
 
 def run_training(root, run_dir, config, device=None, callback=None):
     """Encode (cached) train/valid tokens, train or resume, write curves. Returns the TrainResult."""
+    import torch.distributed as dist
+
     from .model import default_device, load_musicgen
     from .plots import save_training_curves
     from .tokens import encode_split
-    from .train import train
+    from .train import dist_info, init_distributed, train
 
-    device = device or default_device()
+    device = init_distributed(device or default_device())  # under torchrun: one process per GPU
+    rank, world, _ = dist_info()
     model = load_musicgen(config.model, device)
+    if world > 1 and rank > 0:
+        dist.barrier()  # rank 0 fills the token cache first; the others then read it
     train_items = encode_split(model, root, "train", config.model)
     valid_items = encode_split(model, root, "valid", config.model)
+    if world > 1 and rank == 0:
+        dist.barrier()
     result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
-    save_training_curves(run_dir)
+    if rank == 0:
+        save_training_curves(run_dir)
     return result
 
 
@@ -171,8 +181,11 @@ def _print_training(result) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .train import dist_info
+
     result = run_training(a.root, a.run, train_config_from_args(a), a.device)
-    _print_training(result)
+    if dist_info()[0] == 0:
+        _print_training(result)
     return 0
 
 

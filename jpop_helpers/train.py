@@ -12,6 +12,7 @@ step, schedule. Validation CE/PPL on the valid split every `eval_every` steps; c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -90,6 +91,42 @@ def codebook_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
         sums.append(q_sum.detach().double())
         counts.append(n)
     return ce / K, torch.stack(sums), torch.tensor(counts, dtype=torch.long)
+
+
+class LMLoss(torch.nn.Module):
+    """One forward pass and its loss as a module, so DistributedDataParallel can wrap it (the LM is
+    otherwise driven through condition_provider / compute_predictions, which DDP would not see)."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, codes: torch.Tensor, pad: torch.Tensor, attrs: list):
+        """codes, pad: [B, K, T]. Returns codebook_ce's (ce, ce_sum [K], n_tokens [K])."""
+        cond = self.lm.condition_provider(self.lm.condition_provider.tokenize(attrs))
+        out = self.lm.compute_predictions(codes, [], cond)
+        return codebook_ce(out.logits, codes, pad & out.mask)
+
+
+# ---------------------------------------------------------------- distributed (torchrun)
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: str) -> str:
+    """Join the process group when launched by torchrun; returns this process's device."""
+    import torch.distributed as dist
+
+    rank, world, local = dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if world > 1 and device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
 
 
 # ---------------------------------------------------------------- data
@@ -241,9 +278,13 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     """
     from .model import default_device, load_musicgen
 
+    import torch.distributed as dist
+
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    device = device or default_device()
+    device = init_distributed(device or default_device())
+    rank, world, _ = dist_info()
+    main_process = rank == 0
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
         saved = read_json(cfg_path)
@@ -252,7 +293,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
                 raise ValueError(f"{run_dir} holds a run with {k}={saved.get(k)!r}, not {getattr(config, k)!r}: "
                                  "use another run folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, dataclasses.asdict(config))
+    if main_process:
+        write_json(cfg_path, dataclasses.asdict(config))
     if len(train_items) == 0:
         raise ValueError("no training clips")
 
@@ -277,6 +319,13 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         raise ValueError(f"mode must be 'full' or 'lora', not {config.mode!r}")
     lm.train()
     params = [p for p in lm.parameters() if p.requires_grad]
+    step_module = LMLoss(lm)
+    if world > 1:
+        # Each rank trains on its own slice of every global batch; DDP averages the gradients.
+        # find_unused_parameters: with CFG dropout a batch may use no description at all.
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+            find_unused_parameters=True)
     dtype = choose_precision(config, device)
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
@@ -294,11 +343,13 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         log.info("resumed %s from %s (step %d)", run_dir, path.name, step)
     metrics_path = run_dir / "metrics.jsonl"
     rows = read_jsonl(metrics_path)
-    if any(r.get("step", 0) > step or (step == 0) for r in rows):
+    if main_process and any(r.get("step", 0) > step or (step == 0) for r in rows):
         # Steps after the checkpoint we resume from will be trained again: drop their old rows.
         write_jsonl(metrics_path, [r for r in rows if 0 < r.get("step", 0) <= step or (step and r.get("step") == 0)])
 
     def checkpoint():
+        if not main_process:
+            return
         save_checkpoint(ckpt_dir, step, {
             "model": trainable_state(lm, config.mode), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
@@ -311,24 +362,31 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         append_jsonl(metrics_path, row)
         return row
 
-    if step == 0 and valid_items:
+    def barrier():
+        if world > 1:
+            dist.barrier()
+
+    if step == 0 and valid_items and main_process:
         validate()  # the starting point of the curve
+    barrier()
     last_valid = None
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
-    bar = progress(total=config.steps, initial=step, desc=f"train ({config.mode})", unit="step")
+    bar = progress(total=config.steps, initial=step, desc=f"train ({config.mode})", unit="step", **({} if main_process else {"disable": True}))
     t_last, clips_since = time.perf_counter(), 0
     while step < end:
         optimizer.zero_grad(set_to_none=True)
         ce_acc, q_sums, q_counts = 0.0, 0, 0
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
-            batch = [train_items[i] for i in batch_indices(m, len(train_items), config.batch_size, config.seed)]
+            global_batch = batch_indices(m, len(train_items), config.batch_size * world, config.seed)
+            batch = [train_items[i] for i in global_batch[rank * config.batch_size : (rank + 1) * config.batch_size]]
             codes, pad, attrs = collate(batch, step_texts(batch, m, config.seed, config.cfg_dropout), device)
-            with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-                cond = lm.condition_provider(lm.condition_provider.tokenize(attrs))
-                out = lm.compute_predictions(codes, [], cond)
-                ce, s, c = codebook_ce(out.logits, codes, pad & out.mask)
-            scaler.scale(ce / config.grad_accum).backward()
+            last_micro = micro == config.grad_accum - 1
+            sync = step_module.no_sync() if (world > 1 and not last_micro) else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                    ce, s, c = step_module(codes, pad, attrs)
+                scaler.scale(ce / config.grad_accum).backward()
             ce_acc += float(ce.detach()) / config.grad_accum
             q_sums, q_counts = q_sums + s, q_counts + c
             clips_since += len(batch)
@@ -342,7 +400,11 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         scheduler.step()
         step += 1
         bar.update(1)
-        if step % config.log_every == 0 or step == end:
+        if world > 1:  # log the CE of the whole global batch, not only rank 0's slice
+            t = torch.tensor([ce_acc], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            ce_acc = float(t) / world
+        if main_process and (step % config.log_every == 0 or step == end):
             now = time.perf_counter()
             row = {"step": step, "lr": scheduler.get_last_lr()[0], "train/ce": ce_acc,
                    **{f"train/ce_q{k + 1}": float(v) for k, v in enumerate(q_sums / q_counts.clamp(min=1))},
@@ -353,11 +415,23 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             append_jsonl(metrics_path, row)
             bar.set_postfix(ce=f"{ce_acc:.3f}")
             t_last, clips_since = now, 0
-        if valid_items and (step % config.eval_every == 0 or step == config.steps):
+        if valid_items and main_process and (step % config.eval_every == 0 or step == config.steps):
             last_valid = validate()
-        if callback is not None and (step % config.log_every == 0 or step % config.eval_every == 0):
+        if callback is not None and main_process and (step % config.log_every == 0 or step % config.eval_every == 0):
             callback(read_jsonl(metrics_path))
         if step % config.save_every == 0 or step == end:
             checkpoint()
+            barrier()
     bar.close()
+    if world > 1:
+        # DDP keeps replicas identical; record that it did (0.0), so a broken setup cannot go unnoticed.
+        divergence = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            ref = p.detach().clone()
+            dist.broadcast(ref, 0)
+            divergence = torch.maximum(divergence, (p.detach() - ref).abs().max().double())
+        dist.all_reduce(divergence, op=dist.ReduceOp.MAX)
+        if main_process:
+            append_jsonl(metrics_path, {"step": step, "ddp/world_size": world, "ddp/max_param_divergence": float(divergence)})
+        barrier()
     return TrainResult(run_dir, step, read_jsonl(metrics_path), last_valid)
