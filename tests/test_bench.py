@@ -1,0 +1,22 @@
+"""The benchmark scripts run (tiny sizes), so they cannot rot between GPU sessions."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_bench_smoke_on_cpu(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_gpu.py"), "--tiny", "--device", "cpu",
+                           "--steps", "1", "--warmup", "1", "--seconds", "4", "--batches", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["mode"], r["variant"]) for r in rows} == {("full", "baseline"), ("full", "ours"), ("lora", "ours")}
+    assert all(r["clips_per_s"] > 0 for r in rows)
+    assert [r for r in rows if r["variant"] == "ours" and r["mode"] == "full"][0]["speedup_vs_baseline"] > 0
