@@ -79,7 +79,7 @@ class Result:
 def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_ckpt) -> Result:
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    from jpop_helpers.train import LMLoss, TrainConfig, add_lora, choose_precision
+    from jpop_helpers.train import LMLoss, TrainConfig, choose_precision, setup_trainable
 
     torch.manual_seed(0)
     lm, codec = build(size, device)
@@ -91,15 +91,8 @@ def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_
         dtype = torch.float32
     if not baseline and act_ckpt:
         lm.transformer.checkpointing = "torch"
-    if mode == "lora":
-        if not baseline and device.startswith("cuda"):
-            lm = lm.to(torch.float16 if dtype == torch.float16 else torch.bfloat16)  # frozen base in half precision
-        lm = add_lora(lm, TrainConfig(mode="lora"))
-        for n, p in lm.named_parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    lm, params = setup_trainable(lm, TrainConfig(mode=mode), device, dtype)  # the loop's own choice
     step_module = LMLoss(lm)
-    params = [p for p in lm.parameters() if p.requires_grad]
     fused = {"fused": True} if (device.startswith("cuda") and not baseline) else {}
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), **fused)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)

@@ -187,6 +187,30 @@ def add_lora(lm: torch.nn.Module, config: TrainConfig):
     return peft.get_peft_model(lm, lora)
 
 
+def setup_trainable(lm: torch.nn.Module, config: TrainConfig, device: str, dtype: torch.dtype):
+    """Choose what trains. Full: every LM weight, in fp32 (master weights for mixed precision). LoRA:
+    the frozen base stays in half precision on a GPU (large is 12.4 GiB of weights in fp32, 6.2 in
+    half) and only the adapters, in fp32, train.
+
+    Returns:
+        the module to train (the LM, or its peft wrapper) and the list of trainable parameters.
+    """
+    if config.mode == "full":
+        lm = lm.float()
+        for name, p in lm.named_parameters():
+            # The text encoder (T5 in the real models) stays frozen; its output projection trains.
+            p.requires_grad = ".t5." not in name
+    elif config.mode == "lora":
+        half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        lm = add_lora(lm.to(half) if device.startswith("cuda") else lm.float(), config)
+        for p in lm.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    else:
+        raise ValueError(f"mode must be 'full' or 'lora', not {config.mode!r}")
+    return lm, [p for p in lm.parameters() if p.requires_grad]
+
+
 def trainable_state(lm: torch.nn.Module, mode: str) -> dict:
     """What a checkpoint stores of the model: every LM weight (full) or only the adapters (LoRA)."""
     if mode == "lora":
@@ -280,6 +304,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
 
     import torch.distributed as dist
 
+    if config.mode not in ("full", "lora"):
+        raise ValueError(f"mode must be 'full' or 'lora', not {config.mode!r}")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     device = init_distributed(device or default_device())
@@ -300,25 +326,15 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
 
     torch.manual_seed(config.seed)
     model = model or load_musicgen(config.model, device)
-    lm = model.lm.to(device).float()
+    lm = model.lm.to(device)
     model.compression_model.eval()
+    dtype = choose_precision(config, device)
     if config.activation_checkpointing:
         # audiocraft's StreamingTransformer wraps every layer in torch.utils.checkpoint: activations
         # are recomputed in backward instead of stored (what lets medium/large fit a T4).
         lm.transformer.checkpointing = "torch"
-    if config.mode == "lora":
-        lm = add_lora(lm, config)
-    elif config.mode == "full":
-        for p in lm.parameters():
-            p.requires_grad = True
-        # The text conditioner (T5 in the real models) stays frozen; its output projection trains.
-        for name, p in lm.condition_provider.named_parameters():
-            if ".t5." in name:
-                p.requires_grad = False
-    else:
-        raise ValueError(f"mode must be 'full' or 'lora', not {config.mode!r}")
+    lm, params = setup_trainable(lm, config, device, dtype)
     lm.train()
-    params = [p for p in lm.parameters() if p.requires_grad]
     step_module = LMLoss(lm)
     if world > 1:
         # Each rank trains on its own slice of every global batch; DDP averages the gradients.
@@ -326,7 +342,6 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             find_unused_parameters=True)
-    dtype = choose_precision(config, device)
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)

@@ -137,3 +137,18 @@ def test_activation_checkpointing_gives_the_same_step(tiny_tokens, tmp_path):
                   train_items, [], device="cpu") for ckpt in (False, True)]
     a, b = ([m["train/ce"] for m in r.metrics if "train/ce" in m] for r in runs)
     assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_8bit_adamw_trains_and_keeps_8bit_state(tiny_tokens, tmp_path):
+    train_items, valid_items = tiny_tokens
+    result = train(tiny_config("full", steps=10, optimizer="adamw8bit", eval_every=10), tmp_path / "r",
+                   train_items, valid_items, device="cpu")
+    valid = [r["valid/ce"] for r in result.metrics if "valid/ce" in r]
+    assert valid[-1] < 0.8 * valid[0]
+    state = torch.load(list_checkpoints(tmp_path / "r" / "checkpoints")[-1], weights_only=False)["optimizer"]
+    flat = []
+    for s in state["state"].values():  # bitsandbytes nests its quantised state one level down
+        for v in s.values():
+            flat.extend(v.values() if isinstance(v, dict) else [v])
+    moments = [v for v in flat if torch.is_tensor(v) and v.numel() > 256]
+    assert moments and all(v.dtype == torch.uint8 for v in moments)  # 1 byte per moment, not 4
