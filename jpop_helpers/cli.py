@@ -80,13 +80,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .prepare import prepare
 
     root = Path(a.root)
-    print(f"[1/4] rendering the demo corpus (music21 + fluidsynth) into {root / 'demo_corpus'}")
+    print(f"[1/5] rendering the demo corpus (music21 + fluidsynth) into {root / 'demo_corpus'}")
     folders = build_corpus(root / "demo_corpus", seconds=a.seconds, per_artist=a.per_artist)
     sources = write_demo_sources(root / "demo_sources.csv", folders)
-    print(f"[2/4] 01_download: {sources} -> {root / 'raw'}")
+    print(f"[2/5] 01_download: {sources} -> {root / 'raw'}")
     d = download(read_sources(sources), root)
     print(d.summary())
-    print("[3/4] 02_split_label: chunk, split by song, label, caption, manifests")
+    print("[3/5] 02_split_label: chunk, split by song, label, caption, manifests")
     a.dsp_only = a.dsp_only or not a.with_taggers  # offline by design: taggers only when asked for
     result = prepare(root, prepare_config_from_args(a))
     print(result.summary())
@@ -96,7 +96,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for split, path in result.manifests.items():
         print(f"manifest {split}: {path}")
     if a.train_steps > 0:
-        print(f"[4/4] 03/04: {a.train_steps} steps of full and LoRA fine-tuning of the tiny model (CPU)")
+        print(f"[4/5] 03/04: {a.train_steps} steps of full and LoRA fine-tuning of the tiny model (CPU)")
         for mode, lr in (("full", 1e-3), ("lora", 3e-3)):
             cfg = train_config_from_args(a, mode=mode, model="tiny", steps=a.train_steps,
                                          lr=a.lr or lr, eval_every=max(a.train_steps // 4, 1),
@@ -104,6 +104,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
             result_t = run_training(root, root / "runs" / f"tiny-{mode}", cfg, a.device or "cpu")
             print(f"{mode}: ", end="")
             _print_training(result_t)
+        from .evaluate import EvalConfig, evaluate_run
+
+        print("[5/5] 05_eval_listen: base vs fine-tuned (full run)")
+        summary = evaluate_run(root, root / "runs" / "tiny-full", EvalConfig(n_prompts=4, duration=4.0),
+                               device=a.device or "cpu")
+        for r in summary["ce"]:
+            print(f"{r['split']} {r['model']}: CE {r['ce']:.3f}, PPL {r['ppl']:.2f} ({r['tokens']} tokens/codebook)")
+        print(f"report: {root / 'runs' / 'tiny-full' / 'eval' / 'report.md'}")
     return 0 if result.rows else 1
 
 
@@ -197,6 +205,39 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, evaluate_run
+    from .model import default_device
+
+    cfg = EvalConfig(base=a.base, n_prompts=a.n_prompts, user_prompts=a.prompt, duration=a.duration,
+                     other_genre_dir=a.other_genre, other_genre_prompt=a.other_genre_prompt, seed=a.seed)
+    summary = evaluate_run(a.root, a.run, cfg, device=a.device or default_device())
+    for r in summary["ce"]:
+        print(f"{r['split']:>11} {r['model']:>9}: CE {r['ce']:.4f}  PPL {r['ppl']:.2f}  ({r['clips']} clips, "
+              f"{r['tokens']} tokens/codebook)")
+    for r in summary["fad"]:
+        print(f"FAD {r['model']}: {r['fad']:.3f} ({r['embedder']}, {r['clips_a']} vs {r['clips_b']} clips)")
+    print(f"report: {Path(a.run) / 'eval' / 'report.md'}")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .generate import GenerateConfig, generate_set
+    from .model import default_device, load_musicgen
+
+    device = a.device or default_device()
+    if a.run:
+        from .export import load_run_lm
+
+        model, _ = load_run_lm(a.run, device)
+    else:
+        model = load_musicgen(a.model, device)
+    rows = generate_set({a.name: model}, a.prompt, a.out, GenerateConfig(duration=a.duration, seed=a.seed))
+    for r in rows:
+        print(f"{r['path']}: {r['prompt']} (seed {r['seed']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jpop_helpers", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -227,6 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="prepared data root")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="05: CE/PPL base vs fine-tuned, forgetting, FAD, generation, report")
+    p.add_argument("--root", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--base", default=None, help="base model (default: the run's own)")
+    p.add_argument("--n-prompts", type=int, default=8, help="test-split captions to generate from")
+    p.add_argument("--prompt", action="append", default=[], help="an extra prompt (repeatable)")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--other-genre", default=None, help="folder of out-of-genre audio (forgetting check)")
+    p.add_argument("--other-genre-prompt", default="music")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="generate clips from prompts with fixed seeds")
+    p.add_argument("--model", default="facebook/musicgen-small", help="model name or folder (ignored with --run)")
+    p.add_argument("--run", default=None, help="generate with a run's fine-tuned model")
+    p.add_argument("--name", default="model", help="sub-folder name for the files")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write a run as a folder MusicGen.get_pretrained loads")
     p.add_argument("--run", required=True)

@@ -79,3 +79,15 @@ def tiny_tokens(demo_root):
 
     model = load_musicgen("tiny", "cpu")
     return encode_split(model, demo_root, "train", "tiny"), encode_split(model, demo_root, "valid", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_tokens, tmp_path_factory):
+    """A short full fine-tune of the tiny model on the demo data: the run folder."""
+    from jpop_helpers.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny-full"
+    cfg = TrainConfig(model="tiny", mode="full", steps=20, batch_size=4, lr=1e-3, warmup_steps=2, eval_every=10,
+                      save_every=20)
+    train(cfg, run, *tiny_tokens, device="cpu")
+    return run

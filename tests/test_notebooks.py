@@ -59,3 +59,17 @@ def test_03_and_04_train_resume_and_export_the_tiny_model(demo_root, tmp_path, n
     # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train.
     run_notebook(name, tmp_path, **params)
     assert json.loads((run / "summary.json").read_text())["valid_ce_end"] == summary["valid_ce_end"]
+
+
+def test_05_evaluates_a_run_and_writes_the_report(demo_root, tiny_run, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny-full", ignore=shutil.ignore_patterns("eval"))
+    run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(demo_root), RUNS_DIR=str(runs), USE_DRIVE=False,
+                 RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"], DURATION=1.0)
+    ev = runs / "tiny-full" / "eval"
+    summary = json.loads((ev / "summary.json").read_text())
+    assert {r["model"] for r in summary["ce"]} == {"base", "finetuned"}
+    assert len(list((ev / "generated").glob("*/*.wav"))) == 6
+    assert "Blind A/B" in (ev / "report.md").read_text()
