@@ -107,7 +107,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         from .evaluate import EvalConfig, evaluate_run
 
         print("[5/5] 05_eval_listen: base vs fine-tuned (full run)")
-        summary = evaluate_run(root, root / "runs" / "tiny-full", EvalConfig(n_prompts=4, duration=4.0),
+        # offline by design: no CLAP download (the report says so)
+        summary = evaluate_run(root, root / "runs" / "tiny-full",
+                               EvalConfig(n_prompts=4, duration=4.0, clap_checkpoint=None),
                                device=a.device or "cpu")
         for r in summary["ce"]:
             print(f"{r['split']} {r['model']}: CE {r['ce']:.3f}, PPL {r['ppl']:.2f} ({r['tokens']} tokens/codebook)")
@@ -210,7 +212,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .model import default_device
 
     cfg = EvalConfig(base=a.base, n_prompts=a.n_prompts, user_prompts=a.prompt, duration=a.duration,
-                     other_genre_dir=a.other_genre, other_genre_prompt=a.other_genre_prompt, seed=a.seed)
+                     other_genre_dir=a.other_genre, other_genre_prompt=a.other_genre_prompt, seed=a.seed,
+                     clap_checkpoint=None if a.no_clap else a.clap)
     summary = evaluate_run(a.root, a.run, cfg, device=a.device or default_device())
     for r in summary["ce"]:
         print(f"{r['split']:>11} {r['model']:>9}: CE {r['ce']:.4f}  PPL {r['ppl']:.2f}  ({r['clips']} clips, "
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--other-genre", default=None, help="folder of out-of-genre audio (forgetting check)")
     p.add_argument("--other-genre-prompt", default="music")
+    p.add_argument("--clap", default="laion/larger_clap_music", help="CLAP checkpoint (score + CLAP-FAD)")
+    p.add_argument("--no-clap", action="store_true", help="skip CLAP (offline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)

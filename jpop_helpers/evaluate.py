@@ -35,6 +35,7 @@ class EvalConfig:
     other_genre_prompt: str = "music"  # their caption when they have no sidecar
     batch_size: int = 4
     seed: int = 0
+    clap_checkpoint: str | None = "laion/larger_clap_music"  # None: skip CLAP (score and CLAP-FAD)
 
 
 @torch.no_grad()
@@ -74,8 +75,14 @@ def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, d
 
 
 def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | None = None, embedder=None,
-                 device: str = "cpu") -> dict:
-    """Evaluate a run against its base model; writes <run>/eval/ and returns the summary dict."""
+                 device: str = "cpu", clap=None) -> dict:
+    """Evaluate a run against its base model; writes <run>/eval/ and returns the summary dict.
+
+    Args:
+        embedder: the FAD embedder; default: CLAP when reachable, else the weight-free MelStatsEmbedder.
+        clap: a loaded clap.Clap; default: loaded from `config.clap_checkpoint` (skipped, with the
+            reason in the report, when it cannot be reached).
+    """
     import pandas as pd
 
     from .export import load_run_lm
@@ -107,12 +114,34 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
     prompts = test_prompts(root, config.n_prompts, config.seed) + list(config.user_prompts)
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
     real = [it_path for it_path in _test_wavs(root)]
-    embedder = embedder or MelStatsEmbedder()
+    clap_note = None
+    if clap is None and config.clap_checkpoint:
+        from .clap import Clap
+
+        try:
+            clap = Clap.load(config.clap_checkpoint, device)
+        except Exception as e:  # offline, or the hub unreachable: say so and go on
+            clap_note = f"CLAP checkpoint {config.clap_checkpoint} not available ({type(e).__name__}); " \
+                        "CLAP score and CLAP-FAD skipped"
+            log.warning(clap_note)
+    embedders = [embedder] if embedder is not None else [MelStatsEmbedder()]
+    clap_rows = []
+    if clap is not None:
+        from .clap import ClapEmbedder, clap_score
+
+        if embedder is None:
+            embedders.append(ClapEmbedder(clap))
+        for name in models:
+            sel = [r for r in gen if r["model"] == name]
+            scores = clap_score(clap, [r["prompt"] for r in sel], [r["path"] for r in sel])
+            clap_rows.append({"model": name, "clap_score": float(sum(scores) / len(scores)) if scores else float("nan"),
+                              "clips": len(scores), "checkpoint": clap.name})
     fad_rows = []
-    for name in models:
-        files = [r["path"] for r in gen if r["model"] == name]
-        if files and real:
-            fad_rows.append({"model": name, **fad(embedder, files, real)})
+    for emb in embedders:
+        for name in models:
+            files = [r["path"] for r in gen if r["model"] == name]
+            if files and real:
+                fad_rows.append({"model": name, **fad(emb, files, real)})
     pairs = [Pair(pid, next(r["prompt"] for r in gen if r["prompt_id"] == pid),
                   next(r["seed"] for r in gen if r["prompt_id"] == pid),
                   {r["model"]: r["path"] for r in gen if r["prompt_id"] == pid})
@@ -121,7 +150,8 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
     ab = summarize(read_results(ab_csv), "finetuned", "base") if ab_csv.exists() else None
     curves = save_training_curves(run_dir) if (run_dir / "metrics.jsonl").exists() else None
     summary = {"run": str(run_dir), "base_model": base_name, "mode": run_cfg["mode"], "ce": rows, "fad": fad_rows,
-               "prompts": prompts, "ab": ab, "curves": str(curves) if curves else None}
+               "clap": clap_rows, "clap_note": clap_note, "prompts": prompts, "ab": ab,
+               "curves": str(curves) if curves else None}
     write_json(out / "summary.json", summary)
     _write_report(out, summary, ce)
     summary["pairs"] = pairs
@@ -158,6 +188,13 @@ def _write_report(out: Path, summary: dict, ce) -> Path:
                          f"{r['warning'] or ''} |")
     else:
         lines.append("Not computed (no generated or no real test clips).")
+    lines += ["", "## CLAP text-audio agreement (higher is better)", ""]
+    if summary.get("clap"):
+        lines += ["Cosine similarity of each prompt with its clip, averaged over fixed 10-s windows.", "",
+                  "| model | CLAP score | clips | checkpoint |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['clap_score']:.4f} | {r['clips']} | {r['checkpoint']} |" for r in summary["clap"]]
+    else:
+        lines.append(summary.get("clap_note") or "Not computed.")
     lines += ["", "## Generation", "", f"{len(summary['prompts'])} prompts, the same seed per prompt for both models; "
               "files and index in `generated/`.", ""]
     lines += [f"- {p}" for p in summary["prompts"]]

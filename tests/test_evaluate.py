@@ -44,6 +44,7 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(demo_root, t
     for i in range(2):
         ffmpeg_tone(other / f"metal{i}.wav", 6, 110 + 40 * i)
     cfg = EvalConfig(n_prompts=2, user_prompts=["calm city pop at night"], duration=1.0, other_genre_dir=str(other),
+                     clap_checkpoint=None,
                      other_genre_prompt="heavy metal")
     with pytest.warns(UserWarning, match="FAD is unstable"):
         summary = evaluate_run(demo_root, tiny_run, cfg)

@@ -67,7 +67,8 @@ def test_05_evaluates_a_run_and_writes_the_report(demo_root, tiny_run, tmp_path)
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny-full", ignore=shutil.ignore_patterns("eval"))
     run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(demo_root), RUNS_DIR=str(runs), USE_DRIVE=False,
-                 RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"], DURATION=1.0)
+                 RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"], DURATION=1.0,
+                 CLAP_CHECKPOINT="")
     ev = runs / "tiny-full" / "eval"
     summary = json.loads((ev / "summary.json").read_text())
     assert {r["model"] for r in summary["ce"]} == {"base", "finetuned"}

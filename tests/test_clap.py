@@ -1,0 +1,80 @@
+"""CLAP scoring and CLAP-FAD offline, on a tiny randomly initialised transformers ClapModel (the real
+checkpoint, laion/larger_clap_music, is loaded the same way when the hub is reachable)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import ffmpeg_tone
+from jpop_helpers.clap import SAMPLE_RATE, Clap, ClapEmbedder, clap_score
+
+
+@pytest.fixture(scope="module")
+def tiny_clap():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
+                              PreTrainedTokenizerFast)
+
+    torch.manual_seed(0)
+    words = ["[PAD]", "[UNK]", "j-pop", "song", "with", "piano", "calm", "city", "pop", "at", "night", "fast"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    text = ClapTextConfig(vocab_size=len(words) + 2, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64, projection_dim=16, pad_token_id=0)
+    audio = ClapAudioConfig(window_size=8, num_mel_bins=64, spec_size=256, patch_size=16, patch_stride=(16, 16),
+                            depths=[1, 1], num_attention_heads=[2, 2], hidden_size=32, patch_embeds_hidden_size=16,
+                            projection_dim=16, enable_fusion=False)
+    model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)).eval()
+    fe = ClapFeatureExtractor(feature_size=64, sampling_rate=SAMPLE_RATE, max_length_s=10)
+    return Clap(model, fe, tokenizer, "cpu", "tiny-test-clap")
+
+
+def test_clips_are_scored_over_fixed_windows_not_one_random_crop(tiny_clap, tmp_path):
+    sr = SAMPLE_RATE
+    assert [len(w) / sr for w in tiny_clap.windows(np.zeros(25 * sr))] == [10, 10, 5]
+    assert [len(w) / sr for w in tiny_clap.windows(np.zeros(22 * sr))] == [10, 10]  # a 2-s scrap is dropped
+    assert [len(w) / sr for w in tiny_clap.windows(np.zeros(4 * sr))] == [4]
+    f = ffmpeg_tone(tmp_path / "c.wav", 25, 440, rate=48000)
+    a = clap_score(tiny_clap, ["calm city pop at night"], [str(f)])[0]
+    b = clap_score(tiny_clap, ["calm city pop at night"], [str(f)])[0]
+    assert a == b  # deterministic: no random crop
+    from jpop_helpers.io import load_audio
+
+    per_window = tiny_clap.audio_embeddings(load_audio(f, SAMPLE_RATE)) @ tiny_clap.text_embeddings(["calm city pop at night"])[0]
+    assert per_window.shape == (3,) and a == pytest.approx(float(per_window.mean()), abs=1e-6)
+    assert -1.0 <= a <= 1.0
+
+
+def test_clap_embedder_gives_window_frames_for_fad(tiny_clap, tmp_path):
+    from jpop_helpers.io import load_audio
+
+    emb = ClapEmbedder(tiny_clap).embed(load_audio(ffmpeg_tone(tmp_path / "x.wav", 21, 300), SAMPLE_RATE))
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+
+
+def test_evaluate_run_reports_clap_scores_and_clap_fad(demo_root, tiny_run, tiny_clap, tmp_path):
+    import shutil
+
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    with pytest.warns(UserWarning):
+        s = evaluate_run(demo_root, run, EvalConfig(n_prompts=2, duration=1.0), clap=tiny_clap)
+    assert {r["model"] for r in s["clap"]} == {"base", "finetuned"} and all(r["clips"] == 2 for r in s["clap"])
+    assert {r["embedder"] for r in s["fad"]} == {"mel-stats", "clap:tiny-test-clap"}
+    assert "CLAP score" in (run / "eval" / "report.md").read_text()
+
+
+def test_an_unreachable_checkpoint_is_reported_and_the_rest_goes_on(demo_root, tiny_run, tmp_path):
+    import shutil
+
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    (tmp_path / "no-clap").mkdir()
+    with pytest.warns(UserWarning):
+        s = evaluate_run(demo_root, run, EvalConfig(n_prompts=1, duration=1.0, clap_checkpoint=str(tmp_path / "no-clap")))
+    assert s["clap"] == [] and "not available" in s["clap_note"] and s["ce"]
+    assert "not available" in (run / "eval" / "report.md").read_text()
