@@ -96,6 +96,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for split, path in result.manifests.items():
         print(f"manifest {split}: {path}")
     if a.train_steps > 0:
+        from .train import run_training
+
         print(f"[4/5] 03/04: {a.train_steps} steps of full and LoRA fine-tuning of the tiny model (CPU)")
         for mode, lr in (("full", 1e-3), ("lora", 3e-3)):
             cfg = train_config_from_args(a, mode=mode, model="tiny", steps=a.train_steps,
@@ -158,30 +160,6 @@ def train_config_from_args(a: argparse.Namespace, **override):
     return TrainConfig(**fields)
 
 
-def run_training(root, run_dir, config, device=None, callback=None):
-    """Encode (cached) train/valid tokens, train or resume, write curves. Returns the TrainResult."""
-    import torch.distributed as dist
-
-    from .model import default_device, load_musicgen
-    from .plots import save_training_curves
-    from .tokens import encode_split
-    from .train import dist_info, init_distributed, train
-
-    device = init_distributed(device or default_device())  # under torchrun: one process per GPU
-    rank, world, _ = dist_info()
-    model = load_musicgen(config.model, device)
-    if world > 1 and rank > 0:
-        dist.barrier()  # rank 0 fills the token cache first; the others then read it
-    train_items = encode_split(model, root, "train", config.model)
-    valid_items = encode_split(model, root, "valid", config.model)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
-    if rank == 0:
-        save_training_curves(run_dir)
-    return result
-
-
 def _print_training(result) -> None:
     valid = [m for m in result.metrics if "valid/ce" in m]
     if valid:
@@ -191,7 +169,7 @@ def _print_training(result) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import dist_info
+    from .train import dist_info, run_training
 
     result = run_training(a.root, a.run, train_config_from_args(a), a.device)
     if dist_info()[0] == 0:

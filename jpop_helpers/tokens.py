@@ -17,6 +17,7 @@ import torch
 from .colab import progress
 from .io import atomic_path, slugify
 from .layout import DataLayout
+from .problems import ProblemLog
 
 
 @dataclass
@@ -91,9 +92,18 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
             except Exception:
                 pass  # unreadable cache entry (e.g. torn by a crash): encode again
         todo.append(r)
+    problems = ProblemLog.for_stage(root, "tokens")
     for i in progress(range(0, len(todo), batch_size), desc=f"encode {split}", unit="batch"):
-        batch = todo[i : i + batch_size]
-        wav = torch.stack([torch.from_numpy(load_audio(r["wav"], model.sample_rate)) for r in batch])[:, None]
+        batch, audio = [], []
+        for r in todo[i : i + batch_size]:
+            try:
+                audio.append(torch.from_numpy(load_audio(r["wav"], model.sample_rate)))
+                batch.append(r)
+            except ValueError as e:  # e.g. a clip damaged by an interrupted Drive sync: skip it, say which
+                problems.add(r["wav"], str(e))
+        if not batch:
+            continue
+        wav = torch.stack(audio)[:, None]
         codes, _ = codec.encode(wav.to(device))  # [B, K, T]
         for r, c in zip(batch, codes.cpu()):
             valid = math.floor((r["duration"] - r["padded_seconds"]) * model.frame_rate)
@@ -104,4 +114,4 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
                 torch.save({"codes": item.codes, "valid_frames": item.valid_frames, "descriptions": item.descriptions,
                             "audio_sig": _audio_sig(r["wav"]), "codec_sig": csig}, tmp)
             items[r["clip_id"]] = item
-    return [items[r["clip_id"]] for r in rows]
+    return [items[r["clip_id"]] for r in rows if r["clip_id"] in items]

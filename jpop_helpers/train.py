@@ -450,3 +450,26 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             append_jsonl(metrics_path, {"step": step, "ddp/world_size": world, "ddp/max_param_divergence": float(divergence)})
         barrier()
     return TrainResult(run_dir, step, read_jsonl(metrics_path), last_valid)
+
+
+def run_training(root, run_dir, config, device=None, callback=None):
+    """Encode (cached) train/valid tokens, train or resume, write curves. Returns the TrainResult."""
+    import torch.distributed as dist
+
+    from .model import default_device, load_musicgen
+    from .plots import save_training_curves
+    from .tokens import encode_split
+
+    device = init_distributed(device or default_device())  # under torchrun: one process per GPU
+    rank, world, _ = dist_info()
+    model = load_musicgen(config.model, device)
+    if world > 1 and rank > 0:
+        dist.barrier()  # rank 0 fills the token cache first; the others then read it
+    train_items = encode_split(model, root, "train", config.model)
+    valid_items = encode_split(model, root, "valid", config.model)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
+    if rank == 0:
+        save_training_curves(run_dir)
+    return result

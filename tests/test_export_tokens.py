@@ -62,3 +62,26 @@ def test_token_cache_encodes_once_and_notices_changed_audio(demo_root, tmp_path)
     os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))  # the clip was rewritten
     encode_split(model, demo_root, "valid", "tiny-cache-test")
     assert calls["n"] == 1
+
+
+def test_a_damaged_clip_is_reported_and_the_rest_is_encoded(demo_root, tmp_path):
+    import json
+    import shutil
+
+    from jpop_helpers.model import load_musicgen
+    from jpop_helpers.tokens import encode_split
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "clips", root / "clips")
+    shutil.copytree(demo_root / "manifests", root / "manifests")
+    lines = (root / "manifests" / "valid" / "data.jsonl").read_text().splitlines()
+    moved = [json.loads(l) for l in lines]
+    for m in moved:  # point the manifest at this copy
+        m["path"] = str(root / "clips" / "valid" / m["path"].rsplit("/", 1)[1])
+    (root / "manifests" / "valid" / "data.jsonl").write_text("".join(json.dumps(m) + "\n" for m in moved))
+    bad = moved[0]["path"]
+    open(bad, "wb").write(b"RIFF....WAVEtruncated")
+    items = encode_split(load_musicgen("tiny", "cpu"), root, "valid", "tiny")
+    assert len(items) == len(moved) - 1
+    report = (root / "reports" / "tokens_problems.jsonl").read_text()
+    assert bad in report and "cannot decode" in report
