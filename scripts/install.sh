@@ -47,4 +47,9 @@ if ! $PY -c "import xformers" 2>/dev/null; then
   fi
 fi
 $PIP --no-deps -e .
-$PY -c "import audiocraft.models, essentia.standard, yt_dlp, jpop_helpers; print('jpop-musicgen: install OK')"
+# Final check: everything the pipeline imports loads (its warnings shown only if it fails).
+if out=$(TF_CPP_MIN_LOG_LEVEL=3 $PY -c "import jpop_helpers, audiocraft.models, essentia.standard, yt_dlp" 2>&1); then
+  echo "jpop-musicgen: install OK"
+else
+  echo "$out"; echo "jpop-musicgen: install check FAILED"; exit 1
+fi
