@@ -49,11 +49,9 @@ def demo_root(tmp_path_factory) -> Path:
 
     01 (yt-dlp over file:// URLs) then 02 (DSP labels), exactly as `python -m jpop_helpers demo` does.
     """
-    from jpop_helpers.chunking import ChunkConfig
     from jpop_helpers.demo import build_corpus, write_demo_sources
     from jpop_helpers.download import download, read_sources
-    from jpop_helpers.labeling import LabelConfig
-    from jpop_helpers.prepare import PrepareConfig, prepare
+    from jpop_helpers.prepare import prepare
 
     base = tmp_path_factory.mktemp("demo")
     folders = build_corpus(base / "corpus", seconds=25, per_artist=2)

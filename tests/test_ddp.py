@@ -1,6 +1,5 @@
 """The training loop under torchrun: 2 CPU processes (gloo) with DDP, against one process on the
 same global batch."""
-import json
 import os
 import subprocess
 import sys

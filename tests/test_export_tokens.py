@@ -10,7 +10,7 @@ from jpop_helpers.train import TrainConfig, evaluate_ce, train
 def test_export_loads_with_musicgen_get_pretrained_and_generates(tiny_tokens, tmp_path, mode):
     from audiocraft.models import MusicGen
 
-    from jpop_helpers.export import export_run, load_run_lm
+    from jpop_helpers.export import export_run
 
     train_items, valid_items = tiny_tokens
     cfg = TrainConfig(model="tiny", mode=mode, steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=6,
@@ -37,7 +37,6 @@ def test_export_loads_with_musicgen_get_pretrained_and_generates(tiny_tokens, tm
 
 
 def test_token_cache_encodes_once_and_notices_changed_audio(demo_root, tmp_path):
-    import shutil
 
     from jpop_helpers.model import load_musicgen
     from jpop_helpers.tokens import encode_split

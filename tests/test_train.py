@@ -1,12 +1,11 @@
 import math
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from jpop_helpers.checkpoint import list_checkpoints
-from jpop_helpers.train import TrainConfig, batch_indices, codebook_ce, evaluate_ce, train
+from jpop_helpers.train import TrainConfig, batch_indices, codebook_ce, train
 
 
 def tiny_config(mode="full", steps=8, **kw):
