@@ -113,9 +113,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         summary = evaluate_run(root, root / "runs" / "tiny-full",
                                EvalConfig(n_prompts=4, duration=4.0, clap_checkpoint=None),
                                device=a.device or "cpu")
-        for r in summary["ce"]:
-            print(f"{r['split']} {r['model']}: CE {r['ce']:.3f}, PPL {r['ppl']:.2f} ({r['tokens']} tokens/codebook)")
-        print(f"report: {root / 'runs' / 'tiny-full' / 'eval' / 'report.md'}")
+        _print_evaluation(summary, root / "runs" / "tiny-full")
     return 0 if result.rows else 1
 
 
@@ -185,6 +183,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_evaluation(summary: dict, run_dir: Path) -> None:
+    for r in summary["ce"]:
+        print(f"{r['split']:>11} {r['model']:>9}: CE {r['ce']:.4f}  PPL {r['ppl']:.2f}  ({r['clips']} clips, "
+              f"{r['tokens']} tokens/codebook)")
+    for r in summary["fad"]:
+        print(f"FAD {r['model']}: {r['fad']:.3f} ({r['embedder']}, {r['clips_a']} vs {r['clips_b']} clips)")
+    print(f"report: {Path(run_dir) / 'eval' / 'report.md'}")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate_run
     from .model import default_device
@@ -193,12 +200,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                      other_genre_dir=a.other_genre, other_genre_prompt=a.other_genre_prompt, seed=a.seed,
                      clap_checkpoint=None if a.no_clap else a.clap)
     summary = evaluate_run(a.root, a.run, cfg, device=a.device or default_device())
-    for r in summary["ce"]:
-        print(f"{r['split']:>11} {r['model']:>9}: CE {r['ce']:.4f}  PPL {r['ppl']:.2f}  ({r['clips']} clips, "
-              f"{r['tokens']} tokens/codebook)")
-    for r in summary["fad"]:
-        print(f"FAD {r['model']}: {r['fad']:.3f} ({r['embedder']}, {r['clips_a']} vs {r['clips_b']} clips)")
-    print(f"report: {Path(a.run) / 'eval' / 'report.md'}")
+    _print_evaluation(summary, a.run)
     return 0
 
 

@@ -113,7 +113,7 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
 
     prompts = test_prompts(root, config.n_prompts, config.seed) + list(config.user_prompts)
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
-    real = [it_path for it_path in _test_wavs(root)]
+    real = _test_wavs(root)
     clap_note = None
     if clap is None and config.clap_checkpoint:
         from .clap import Clap
@@ -142,10 +142,11 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
             files = [r["path"] for r in gen if r["model"] == name]
             if files and real:
                 fad_rows.append({"model": name, **fad(emb, files, real)})
-    pairs = [Pair(pid, next(r["prompt"] for r in gen if r["prompt_id"] == pid),
-                  next(r["seed"] for r in gen if r["prompt_id"] == pid),
-                  {r["model"]: r["path"] for r in gen if r["prompt_id"] == pid})
-             for pid in sorted({r["prompt_id"] for r in gen})]
+    by_prompt: dict[str, list[dict]] = {}
+    for r in gen:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    pairs = [Pair(pid, rs[0]["prompt"], rs[0]["seed"], {r["model"]: r["path"] for r in rs})
+             for pid, rs in sorted(by_prompt.items())]
     ab_csv = out / "ab_results.csv"
     ab = summarize(read_results(ab_csv), "finetuned", "base") if ab_csv.exists() else None
     curves = save_training_curves(run_dir) if (run_dir / "metrics.jsonl").exists() else None
@@ -153,7 +154,7 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
                "clap": clap_rows, "clap_note": clap_note, "prompts": prompts, "ab": ab,
                "curves": str(curves) if curves else None}
     write_json(out / "summary.json", summary)
-    _write_report(out, summary, ce)
+    _write_report(out, summary)
     summary["pairs"] = pairs
     return summary
 
@@ -165,7 +166,7 @@ def _test_wavs(root) -> list[str]:
     return [json.loads(line)["path"] for line in manifest.read_text().splitlines()] if manifest.exists() else []
 
 
-def _write_report(out: Path, summary: dict, ce) -> Path:
+def _write_report(out: Path, summary: dict) -> Path:
     """report.md: what was measured, on how much data, base vs fine-tuned."""
     lines = [f"# Evaluation of `{Path(summary['run']).name}`", "",
              f"Base model `{summary['base_model']}`, fine-tuning mode `{summary['mode']}`.", ""]
@@ -214,8 +215,6 @@ def _write_report(out: Path, summary: dict, ce) -> Path:
 
 def refresh_report(run_dir: str | Path) -> dict:
     """Re-read the A/B judgments and rewrite summary.json and report.md (no model work)."""
-    import pandas as pd
-
     from .listen import read_results, summarize
 
     out = Path(run_dir) / "eval"
@@ -223,5 +222,5 @@ def refresh_report(run_dir: str | Path) -> dict:
     ab_csv = out / "ab_results.csv"
     summary["ab"] = summarize(read_results(ab_csv), "finetuned", "base") if ab_csv.exists() else None
     write_json(out / "summary.json", summary)
-    _write_report(out, summary, pd.DataFrame(summary["ce"]))
+    _write_report(out, summary)
     return summary

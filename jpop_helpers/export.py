@@ -18,12 +18,9 @@ def _base_packages(name: str) -> tuple[dict, dict]:
     """The base model's audiocraft checkpoint packages (lm, compression), from a folder or the hub."""
     from audiocraft.models.loaders import load_compression_model_ckpt, load_lm_model_ckpt
 
-    from .model import build_tiny, tiny_dir
+    from .model import resolve_model_name
 
-    if name == "tiny":
-        if not (tiny_dir() / "state_dict.bin").exists():
-            build_tiny(tiny_dir())
-        name = str(tiny_dir())
+    name = resolve_model_name(name)
     return load_lm_model_ckpt(name), load_compression_model_ckpt(name)
 
 

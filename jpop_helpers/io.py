@@ -152,15 +152,3 @@ def load_audio(path: str | os.PathLike, sample_rate: int, mono: bool = True) -> 
     if not np.all(np.isfinite(audio)):
         raise ValueError(f"{path}: audio contains NaN or infinite samples")
     return audio.astype(np.float32, copy=False)
-
-
-def audio_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds from the header (soundfile), falling back to a full decode."""
-    import soundfile as sf
-
-    try:
-        return float(sf.info(str(path)).duration)
-    except Exception:
-        import librosa
-
-        return float(librosa.get_duration(path=str(path)))

@@ -86,6 +86,16 @@ def tiny_dir() -> Path:
     return Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen"))
 
 
+def resolve_model_name(name: str) -> str:
+    """What audiocraft's loaders take: "tiny" becomes its local folder (built on first use)."""
+    if name != "tiny":
+        return name
+    folder = tiny_dir()
+    if not (folder / "state_dict.bin").exists():
+        build_tiny(folder)
+    return str(folder)
+
+
 def load_musicgen(name: str, device: str | None = None):
     """audiocraft MusicGen for a pretrained name, a local folder (e.g. an export), or "tiny".
 
@@ -96,11 +106,7 @@ def load_musicgen(name: str, device: str | None = None):
     from audiocraft.models import MusicGen
 
     device = device or default_device()
-    if name == "tiny":
-        folder = tiny_dir()
-        if not (folder / "state_dict.bin").exists():
-            build_tiny(folder)
-        name = str(folder)
-    model = MusicGen.get_pretrained(name, device=device)
-    model.lm.float() if device == "cpu" else None
+    model = MusicGen.get_pretrained(resolve_model_name(name), device=device)
+    if device == "cpu":
+        model.lm.float()
     return model

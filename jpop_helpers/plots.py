@@ -13,11 +13,7 @@ def data_summary_figure(labels):
     Args:
         labels: the DataFrame of prepare.load_labels().
     """
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # without a display matplotlib falls back to Agg by itself
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     counts = labels.pivot_table(index="artist", columns="split", values="clip_id", aggfunc="count", fill_value=0)
@@ -45,15 +41,6 @@ def data_summary_figure(labels):
         axes[1, 1].set_axis_off()
     fig.tight_layout()
     return fig
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
-    except Exception:
-        return False
 
 
 def save_summary_plots(root: str | Path) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .captions import CaptionConfig, make_captions
 from .chunking import ChunkConfig, SplitConfig, assign_splits, chunk_audio, read_splits
 from .colab import progress
-from .io import AUDIO_EXTENSIONS, load_audio, read_json, short_hash, write_json, write_wav
+from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, read_json, short_hash, write_json, write_wav
 from .labeling import LabelConfig, Labeler
 from .layout import SPLITS, DataLayout
 from .manifest import write_manifests, write_sidecar
@@ -190,8 +190,6 @@ def _prepare_song(song: Song, split: str, layout: DataLayout, config: PrepareCon
 def _write_splits(layout: DataLayout, songs: list[Song], splits: dict[str, str]) -> None:
     import pandas as pd
 
-    from .io import atomic_path
-
     df = pd.DataFrame([{"song_id": s.song_id, "artist": s.artist, "title": s.title, "split": splits[s.song_id]}
                        for s in songs])
     with atomic_path(layout.splits_csv) as tmp:
@@ -201,8 +199,6 @@ def _write_splits(layout: DataLayout, songs: list[Song], splits: dict[str, str])
 def _write_labels(layout: DataLayout, rows: list[dict]) -> Path:
     """labels.csv: one row per clip; list columns as '; '-joined text, scores as JSON per head."""
     import pandas as pd
-
-    from .io import atomic_path
 
     flat = []
     for r in sorted(rows, key=lambda r: r["clip_id"]):

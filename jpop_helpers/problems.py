@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import append_jsonl, read_jsonl
+from .io import append_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,3 @@ class ProblemLog:
         if len(self.items) > limit:
             lines.append(f"  ... and {len(self.items) - limit} more")
         return "\n".join(lines)
-
-    def history(self) -> list[dict]:
-        """Every problem recorded by this stage so far, this run and earlier ones."""
-        return read_jsonl(self.path)

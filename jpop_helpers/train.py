@@ -357,9 +357,11 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         log.info("resumed %s from %s (step %d)", run_dir, path.name, step)
     metrics_path = run_dir / "metrics.jsonl"
     rows = read_jsonl(metrics_path)
-    if main_process and any(r.get("step", 0) > step or (step == 0) for r in rows):
-        # Steps after the checkpoint we resume from will be trained again: drop their old rows.
-        write_jsonl(metrics_path, [r for r in rows if 0 < r.get("step", 0) <= step or (step and r.get("step") == 0)])
+    # Steps after the checkpoint we resume from will be trained again (and a run with no checkpoint
+    # starts over): drop their old rows so no step is logged twice.
+    kept = [r for r in rows if step and r.get("step", 0) <= step]
+    if main_process and len(kept) != len(rows):
+        write_jsonl(metrics_path, kept)
 
     def checkpoint():
         if not main_process:
