@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, read_json, write_json
+from .problems import ProblemLog
 from .tokens import TokenItem
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0) -> list[TokenItem]:
-    """The first `seconds` of every audio file in `folder` (recursively), encoded with the model's codec."""
+def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0,
+                 problems: ProblemLog | None = None) -> list[TokenItem]:
+    """The first `seconds` of every audio file in `folder` (recursively), encoded with the model's codec.
+
+    A file that cannot be decoded (or whose sidecar cannot be read) is reported in `problems` and skipped.
+    """
     folder = Path(folder)
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
@@ -52,14 +57,17 @@ def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0) 
     for f in files:
         try:
             audio = load_audio(f, model.sample_rate)[:n]
-        except ValueError as e:
-            log.warning("%s", e)
+            side = f.with_suffix(".json")
+            text = read_json(side).get("description", prompt) if side.exists() else prompt
+        except ValueError as e:  # undecodable audio, or a sidecar that is not JSON
+            if problems is not None:
+                problems.add(f, str(e))
+            else:
+                log.warning("%s: %s", f, e)
             continue
         valid = len(audio)
         audio = torch.nn.functional.pad(torch.from_numpy(audio), (0, n - valid))
         codes, _ = codec.encode(audio[None, None].to(device))
-        side = f.with_suffix(".json")
-        text = read_json(side).get("description", prompt) if side.exists() else prompt
         items.append(TokenItem(f.stem, codes[0].cpu().to(torch.int16), math.floor(valid / model.sample_rate * model.frame_rate), [text]))
     return items
 
@@ -105,7 +113,8 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
 
     rows = ce_rows(models, test_items, "test", config.batch_size, device)
     if config.other_genre_dir:
-        other = folder_items(base, config.other_genre_dir, config.other_genre_prompt)
+        other = folder_items(base, config.other_genre_dir, config.other_genre_prompt,
+                             problems=ProblemLog.for_stage(root, "evaluate"))
         rows += ce_rows(models, other, "other_genre", config.batch_size, device)
     ce = pd.DataFrame(rows)
     with atomic_path(out / "ce_ppl.csv") as tmp:

@@ -45,19 +45,25 @@ def _audio_sig(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _manifest_clips(layout: DataLayout, split: str) -> list[dict]:
-    """Clip rows of one split, from the audiocraft manifest and each clip's sidecar."""
+def _manifest_clips(layout: DataLayout, split: str, problems: ProblemLog) -> list[dict]:
+    """Clip rows of one split, from the audiocraft manifest and each clip's sidecar; a line or sidecar
+    that cannot be read is reported and skipped."""
     rows = []
     manifest = layout.manifest(split)
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} is missing: run the prepare stage first")
-    for line in manifest.read_text().splitlines():
-        meta = json.loads(line)
-        wav = Path(meta["path"])
-        side = json.loads(wav.with_suffix(".json").read_text(encoding="utf-8"))
-        rows.append({"wav": wav, "clip_id": side["name"], "duration": meta["duration"],
-                     "padded_seconds": side.get("padded_seconds", 0.0),
-                     "descriptions": side.get("descriptions") or [side["description"]]})
+    for n, line in enumerate(manifest.read_text().splitlines(), start=1):
+        item = f"{manifest}:{n}"
+        try:
+            meta = json.loads(line)
+            wav = Path(meta["path"])
+            item = str(wav.with_suffix(".json"))
+            side = json.loads(wav.with_suffix(".json").read_text(encoding="utf-8"))
+            rows.append({"wav": wav, "clip_id": side["name"], "duration": meta["duration"],
+                         "padded_seconds": side.get("padded_seconds", 0.0),
+                         "descriptions": side.get("descriptions") or [side["description"]]})
+        except (OSError, ValueError, KeyError) as e:
+            problems.add(item, f"unreadable clip metadata ({type(e).__name__}: {e})")
     return rows
 
 
@@ -78,7 +84,8 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
     device = next(codec.parameters()).device
     csig = codec_signature(codec)
     out_dir = layout.root / "tokens" / slugify(codec_name) / split
-    rows = _manifest_clips(layout, split)
+    problems = ProblemLog.for_stage(root, "tokens")
+    rows = _manifest_clips(layout, split, problems)
     items: dict[str, TokenItem] = {}
     todo = []
     for r in rows:
@@ -92,7 +99,6 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
             except Exception:
                 pass  # unreadable cache entry (e.g. torn by a crash): encode again
         todo.append(r)
-    problems = ProblemLog.for_stage(root, "tokens")
     for i in progress(range(0, len(todo), batch_size), desc=f"encode {split}", unit="batch"):
         batch, audio = [], []
         for r in todo[i : i + batch_size]:

@@ -42,6 +42,7 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(demo_root, t
     other = tmp_path / "other"
     for i in range(2):
         ffmpeg_tone(other / f"metal{i}.wav", 6, 110 + 40 * i)
+    (other / "broken.mp3").write_bytes(b"not audio at all")
     cfg = EvalConfig(n_prompts=2, user_prompts=["calm city pop at night"], duration=1.0, other_genre_dir=str(other),
                      clap_checkpoint=None,
                      other_genre_prompt="heavy metal")
@@ -51,6 +52,8 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(demo_root, t
     assert set(ce) == {(s, m) for s in ("test", "other_genre") for m in ("base", "finetuned")}
     assert ce[("test", "finetuned")]["ce"] < ce[("test", "base")]["ce"]  # it learned the held-out songs
     assert ce[("other_genre", "base")]["clips"] == 2 and ce[("test", "base")]["tokens"] > 0
+    problems = (demo_root / "reports" / "evaluate_problems.jsonl").read_text()
+    assert "broken.mp3" in problems and "cannot decode" in problems  # named, and the rest evaluated
     assert len(summary["prompts"]) == 3 and summary["prompts"][-1] == "calm city pop at night"
     gen = tiny_run / "eval" / "generated"
     assert len(list(gen.glob("*/*.wav"))) == 6  # 3 prompts x 2 models

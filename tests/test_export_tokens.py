@@ -84,3 +84,24 @@ def test_a_damaged_clip_is_reported_and_the_rest_is_encoded(demo_root, tmp_path)
     assert len(items) == len(moved) - 1
     report = (root / "reports" / "tokens_problems.jsonl").read_text()
     assert bad in report and "cannot decode" in report
+
+
+def test_a_clip_without_readable_metadata_is_reported_and_skipped(demo_root, tmp_path):
+    import json
+    import shutil
+
+    from jpop_helpers.model import load_musicgen
+    from jpop_helpers.tokens import encode_split
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "clips", root / "clips")
+    shutil.copytree(demo_root / "manifests", root / "manifests")
+    metas = [json.loads(l) for l in (root / "manifests" / "valid" / "data.jsonl").read_text().splitlines()]
+    for m in metas:
+        m["path"] = str(root / "clips" / "valid" / m["path"].rsplit("/", 1)[1])
+    (root / "manifests" / "valid" / "data.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+    sidecar = metas[-1]["path"][:-4] + ".json"
+    open(sidecar, "w").write("{not json")
+    items = encode_split(load_musicgen("tiny", "cpu"), root, "valid", "tiny")
+    assert len(items) == len(metas) - 1
+    assert sidecar in (root / "reports" / "tokens_problems.jsonl").read_text()
