@@ -6,7 +6,7 @@ large 2048x48; EnCodec 32 kHz; 30-s clips) and mode, measures peak GPU memory an
             over every LM weight (what the seed paper ran)
   ours      jpop_helpers' step: cached tokens (no encode), bf16 autocast where supported (fp16 + scaler
             on a T4), fused AdamW; LoRA with frozen half-precision base weights; optional activation
-            checkpointing (the LMLoss module and helpers of jpop_helpers.train)
+            checkpointing (the LMLoss module of jpop_helpers.loss and the loop's setup_trainable)
 and reports memory against a T4's 15 GiB and ours/baseline throughput. Also (CPU, meta device) the
 parameter counts and adapter sizes of every size.
 
@@ -73,19 +73,22 @@ class Result:
     clips_per_s: float
     peak_gib: float | None
     precision: str
+    encodes: int  # EnCodec passes over the audio, warm-up included (the baseline: one per step)
 
 
 def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_ckpt) -> Result:
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    from jpop_helpers.train import LMLoss, TrainConfig, choose_precision, setup_trainable
+    from jpop_helpers.loss import LMLoss
+    from jpop_helpers.precision import choose_precision
+    from jpop_helpers.train import TrainConfig, setup_trainable
 
     torch.manual_seed(0)
     lm, codec = build(size, device)
     frames = int(seconds * 50) if size != "tiny" else int(seconds * 25)
     card = lm.card
     baseline = variant == "baseline"
-    dtype = torch.float16 if baseline else choose_precision(TrainConfig(), device)
+    dtype = torch.float16 if baseline else choose_precision("auto", device)
     if device == "cpu":
         dtype = torch.float32
     if not baseline and act_ckpt:
@@ -101,7 +104,7 @@ def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_
     attrs = [ConditioningAttributes(text={"description": "upbeat j-pop with piano"}) for _ in range(batch)]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    t0 = None
+    t0, encodes = None, 0
     for i in range(warmup + steps):
         if i == warmup:
             if device.startswith("cuda"):
@@ -110,6 +113,7 @@ def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_
         if baseline:  # the solver encodes audio every step
             with torch.no_grad():
                 codes, _ = codec.encode(audio)
+            encodes += 1
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
             ce, _, _ = step_module(codes, pad, attrs)
         scaler.scale(ce).backward()
@@ -125,7 +129,8 @@ def run_variant(size, mode, variant, batch, steps, warmup, device, seconds, act_
     del lm, codec, opt, step_module
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return Result(size, mode, variant, batch, batch * steps / dt, peak, str(dtype).replace("torch.", ""))
+    return Result(size, mode, variant, batch, batch * steps / dt, peak, str(dtype).replace("torch.", ""),
+                  encodes)
 
 
 def adapter_sizes() -> list[dict]:
@@ -133,14 +138,14 @@ def adapter_sizes() -> list[dict]:
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
-    from jpop_helpers.train import TrainConfig, add_lora
+    from jpop_helpers.lora import LoraConfig, add_lora
 
     out = []
     for size in ARCH:
         with torch.device("meta"):
             lm = builders.get_lm_model(OmegaConf.create({**real_lm_cfg(size), "device": "meta"}))
             full = sum(p.numel() for p in lm.parameters())
-            lm = add_lora(lm, TrainConfig(mode="lora"))
+            lm = add_lora(lm, LoraConfig())
             lora = sum(p.numel() for n, p in lm.named_parameters() if "lora_" in n)
         out.append({"size": size, "lm_params_M": round(full / 1e6, 1), "lora_params_M": round(lora / 1e6, 2),
                     "lora_fraction": round(lora / full, 4), "adapter_MiB_fp32": round(lora * 4 / 2**20, 1),

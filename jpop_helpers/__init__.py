@@ -1,6 +1,7 @@
 """jpop-musicgen helpers: data preparation, fine-tuning and evaluation of MusicGen for a genre.
 
-Stages (see DESIGN.md): download -> prepare (chunk, split, label, caption, manifests) -> ...
+Stages (README.md, "Data layout"): download -> prepare (split, chunk, label, caption, manifests) ->
+finetune (tokens, train: full or LoRA, export) -> evaluate (CE/PPL, FAD/CLAP, generate, listen, report).
 Each stage is a module with a dataclass config and one entry function, also reachable as
 `python -m jpop_helpers <verb>`.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .io import short_hash
 
@@ -16,6 +17,8 @@ class CaptionConfig:
     n_variants: int = 4  # descriptions written per clip
     seed: int = 0
     genre_fallback: str = "pop"  # used when neither the manifest nor the tagger gives a genre
+
+    CLI_NAMES: ClassVar[dict] = {"n_variants": "captions_per_clip", "seed": "captions_seed"}
 
 
 def tempo_word(bpm: float | None) -> str:

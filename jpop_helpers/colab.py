@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DRIVE_MOUNT = Path("/content/drive")
-DRIVE_HOME = DRIVE_MOUNT / "MyDrive"
 
 
 def in_colab() -> bool:
@@ -65,3 +64,13 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("disable", os.environ.get("JPOP_NO_PROGRESS") == "1")
     return tqdm(iterable, **kwargs)
+
+
+def describe_device(device: str) -> str:
+    """One line on what the run will compute on, e.g. "device: cuda (Tesla T4, 14.7 GiB)"."""
+    if device.startswith("cuda"):
+        import torch
+
+        p = torch.cuda.get_device_properties(torch.device(device))
+        return f"device: {device} ({p.name}, {p.total_memory / 2**30:.1f} GiB)"
+    return f"device: {device}"

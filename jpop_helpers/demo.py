@@ -152,3 +152,50 @@ def write_demo_sources(path: str | Path, folders: dict[str, Path], genre: str = 
         for artist, folder in folders.items():
             w.writerow([artist, os.path.relpath(folder, path.parent), "", genre, "offline demo corpus"])
     return path
+
+
+def run_demo(root: str | Path, prepare_config, train_config, seconds: float | None = None,
+             per_artist: int | None = None, train_steps: int = 60, lr: float | None = None,
+             device: str = "cpu") -> int:
+    """`python -m jpop_helpers demo`: every stage on the demo corpus, printing what each produced.
+
+    Renders the corpus, downloads it (01), prepares it (02), fine-tunes the tiny model full and LoRA
+    for `train_steps` steps each (03/04; 0 skips them) and evaluates the full run against its base (05).
+    Returns the exit status (0: clips were prepared).
+    """
+    import dataclasses
+
+    from .download import download, read_sources
+    from .plots import save_summary_plots
+    from .prepare import prepare
+
+    root = Path(root)
+    print(f"[1/5] rendering the demo corpus (music21 + fluidsynth) into {root / 'demo_corpus'}")
+    folders = build_corpus(root / "demo_corpus", seconds=seconds, per_artist=per_artist)
+    sources = write_demo_sources(root / "demo_sources.csv", folders)
+    print(f"[2/5] 01_download: {sources} -> {root / 'raw'}")
+    print(download(read_sources(sources), root).summary())
+    print("[3/5] 02_split_label: chunk, split by song, label, caption, manifests")
+    result = prepare(root, prepare_config)
+    print(result.summary())
+    print(result.counts().to_string())
+    for path in save_summary_plots(root):
+        print(f"plot: {path}")
+    for split, path in result.manifests.items():
+        print(f"manifest {split}: {path}")
+    if train_steps <= 0:
+        return 0 if result.rows else 1
+    from .evaluate import EvalConfig, evaluate_run
+    from .finetune import describe_training, run_training
+    from .report import describe_evaluation
+
+    print(f"[4/5] 03/04: {train_steps} steps of full and LoRA fine-tuning of the tiny model (CPU)")
+    for mode, default_lr in (("full", 1e-3), ("lora", 3e-3)):  # the tiny model wants larger steps
+        cfg = dataclasses.replace(train_config, mode=mode, lr=lr or default_lr)
+        print(f"{mode}: " + describe_training(run_training(root, root / "runs" / f"tiny-{mode}", cfg, device)))
+    print("[5/5] 05_eval_listen: base vs fine-tuned (full run)")
+    # offline by design: no CLAP download (the report says so)
+    summary = evaluate_run(root, root / "runs" / "tiny-full",
+                           EvalConfig(n_prompts=4, duration=4.0, clap_checkpoint=None), device=device)
+    print(describe_evaluation(summary))
+    return 0 if result.rows else 1

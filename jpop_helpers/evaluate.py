@@ -2,26 +2,29 @@
 
 Everything is measured for the base model and the fine-tuned run side by side, with the sample sizes
 behind each number, and written to <run>/eval/ (tables as CSV, plots as PNG, report.md).
-- CE/PPL: the training loop's own loss (train.evaluate_ce) on the test split (songs never trained on);
+- CE/PPL: the training loop's own loss (loss.evaluate_ce) on the test split (songs never trained on);
   perplexity = exp(mean CE) over valid tokens.
 - Forgetting: the same metrics on clips outside the genre (any folder of audio; captions from a
   sidecar .json when present, else the folder's genre prompt).
 - FAD: generated clips of each model against held-out real test clips, through a pluggable embedder.
 - Listening: pairs for the blind A/B test (listen.py) and, when judgments exist, their summary.
+The report itself is written by report.py.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, read_json, write_json
+from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, write_json
+from .loss import evaluate_ce
+from .manifest import read_sidecar, split_clips
 from .problems import ProblemLog
-from .tokens import TokenItem
+from .report import ab_summary, write_report
+from .runs import RunLayout, load_run_lm
+from .tokens import TokenItem, encode_audio
 
 log = logging.getLogger(__name__)
 
@@ -39,45 +42,39 @@ class EvalConfig:
     clap_checkpoint: str | None = "laion/larger_clap_music"  # None: skip CLAP (score and CLAP-FAD)
 
 
-@torch.no_grad()
 def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0,
                  problems: ProblemLog | None = None) -> list[TokenItem]:
     """The first `seconds` of every audio file in `folder` (recursively), encoded with the model's codec.
 
-    A file that cannot be decoded (or whose sidecar cannot be read) is reported in `problems` and skipped.
+    A clip's caption is its sidecar's description when it has one, else `prompt`. A file that cannot be
+    decoded (or whose sidecar cannot be read) is reported in `problems` and skipped.
     """
     folder = Path(folder)
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"no audio files in {folder}")
-    codec = model.compression_model
-    device = next(codec.parameters()).device
     n = int(seconds * model.sample_rate)
     items = []
     for f in files:
         try:
             audio = load_audio(f, model.sample_rate)[:n]
-            side = f.with_suffix(".json")
-            text = read_json(side).get("description", prompt) if side.exists() else prompt
+            text = (read_sidecar(f) or {}).get("description") or prompt
         except ValueError as e:  # undecodable audio, or a sidecar that is not JSON
             if problems is not None:
                 problems.add(f, str(e))
             else:
-                log.warning("%s: %s", f, e)
+                log.warning("%s", e)
             continue
-        valid = len(audio)
-        audio = torch.nn.functional.pad(torch.from_numpy(audio), (0, n - valid))
-        codes, _ = codec.encode(audio[None, None].to(device))
-        items.append(TokenItem(f.stem, codes[0].cpu().to(torch.int16), math.floor(valid / model.sample_rate * model.frame_rate), [text]))
+        padded = torch.nn.functional.pad(torch.from_numpy(audio), (0, n - len(audio))).numpy()
+        [(codes, frames)] = encode_audio(model, [padded], [len(audio)])
+        items.append(TokenItem(f.stem, codes, frames, [text]))
     return items
 
 
 def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, device: str) -> list[dict]:
-    from .train import evaluate_ce
-
     rows = []
     for name, model in models.items():
-        r = evaluate_ce(model.lm, items, batch_size, device)
+        r = evaluate_ce(model.lm, items, batch_size, device, split=split)
         rows.append({"split": split, "model": name, "clips": len(items), **r})
     return rows
 
@@ -93,17 +90,15 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
     """
     import pandas as pd
 
-    from .export import load_run_lm
     from .fad import MelStatsEmbedder, fad
     from .generate import GenerateConfig, generate_set, test_prompts
-    from .listen import Pair, read_results, summarize
     from .model import load_musicgen
     from .plots import save_training_curves
     from .tokens import encode_split
 
     config = config or EvalConfig()
-    run_dir = Path(run_dir)
-    out = run_dir / "eval"
+    run = RunLayout(run_dir)
+    out = run.eval
     out.mkdir(parents=True, exist_ok=True)
     tuned, run_cfg = load_run_lm(run_dir, device)
     base_name = config.base or run_cfg["model"]
@@ -122,7 +117,7 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
 
     prompts = test_prompts(root, config.n_prompts, config.seed) + list(config.user_prompts)
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
-    real = _test_wavs(root)
+    real = [str(c.path) for c in split_clips(root, "test", ProblemLog.for_stage(root, "evaluate"))]
     clap_note = None
     if clap is None and config.clap_checkpoint:
         from .clap import Clap
@@ -151,85 +146,27 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
             files = [r["path"] for r in gen if r["model"] == name]
             if files and real:
                 fad_rows.append({"model": name, **fad(emb, files, real)})
-    by_prompt: dict[str, list[dict]] = {}
-    for r in gen:
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    pairs = [Pair(pid, rs[0]["prompt"], rs[0]["seed"], {r["model"]: r["path"] for r in rs})
-             for pid, rs in sorted(by_prompt.items())]
-    ab_csv = out / "ab_results.csv"
-    ab = summarize(read_results(ab_csv), "finetuned", "base") if ab_csv.exists() else None
-    curves = save_training_curves(run_dir) if (run_dir / "metrics.jsonl").exists() else None
-    summary = {"run": str(run_dir), "base_model": base_name, "mode": run_cfg["mode"], "ce": rows, "fad": fad_rows,
+    pairs = ab_pairs(gen)
+    ab = ab_summary(run.dir, [p.pair_id for p in pairs])
+    curves = save_training_curves(run_dir) if run.metrics.exists() else None
+    summary = {"run": str(run.dir), "base_model": base_name, "mode": run_cfg["mode"], "ce": rows, "fad": fad_rows,
                "clap": clap_rows, "clap_note": clap_note, "prompts": prompts, "ab": ab,
+               "pair_ids": [p.pair_id for p in pairs],
                "curves": str(curves) if curves else None}
     write_json(out / "summary.json", summary)
-    _write_report(out, summary)
+    write_report(out, summary)
     summary["pairs"] = pairs
     return summary
 
 
-def _test_wavs(root) -> list[str]:
-    from .layout import DataLayout
+def ab_pairs(generated: list[dict]):
+    """One listening pair per prompt (its clips by both models). A pair's id names its clips, so a
+    judgment of older clips (before more training, or of another prompt) never counts for new ones."""
+    from .io import short_hash
+    from .listen import Pair
 
-    manifest = DataLayout(root).manifest("test")
-    return [json.loads(line)["path"] for line in manifest.read_text().splitlines()] if manifest.exists() else []
-
-
-def _write_report(out: Path, summary: dict) -> Path:
-    """report.md: what was measured, on how much data, base vs fine-tuned."""
-    lines = [f"# Evaluation of `{Path(summary['run']).name}`", "",
-             f"Base model `{summary['base_model']}`, fine-tuning mode `{summary['mode']}`.", ""]
-    if summary["curves"]:
-        lines += ["## Training curves", "", "![curves](../curves.png)", ""]
-    lines += ["## Cross-entropy and perplexity (lower is better)", "",
-              "Same masked per-codebook CE as training; perplexity = exp(mean CE) over valid tokens.", "",
-              "| split | model | clips | tokens/codebook | CE | PPL | CE q1 | CE q2 | CE q3 | CE q4 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["ce"]:
-        lines.append(f"| {r['split']} | {r['model']} | {r['clips']} | {r['tokens']} | {r['ce']:.4f} | {r['ppl']:.2f} | "
-                     + " | ".join(f"{r.get(f'ce_q{k}', float('nan')):.3f}" for k in range(1, 5)) + " |")
-    lines += ["", "`test`: held-out songs of the genre. `other_genre`: the forgetting check "
-              "(a fine-tune that helps the genre should not make these much worse).", ""]
-    lines += ["## Fréchet Audio Distance (generated vs held-out real test clips; lower is better)", ""]
-    if summary["fad"]:
-        lines += ["| model | FAD | embedder | generated clips | real clips | note |", "|---|---|---|---|---|---|"]
-        for r in summary["fad"]:
-            lines.append(f"| {r['model']} | {r['fad']:.3f} | {r['embedder']} | {r['clips_a']} | {r['clips_b']} | "
-                         f"{r['warning'] or ''} |")
-    else:
-        lines.append("Not computed (no generated or no real test clips).")
-    lines += ["", "## CLAP text-audio agreement (higher is better)", ""]
-    if summary.get("clap"):
-        lines += ["Cosine similarity of each prompt with its clip, averaged over fixed 10-s windows.", "",
-                  "| model | CLAP score | clips | checkpoint |", "|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['clap_score']:.4f} | {r['clips']} | {r['checkpoint']} |" for r in summary["clap"]]
-    else:
-        lines.append(summary.get("clap_note") or "Not computed.")
-    lines += ["", "## Generation", "", f"{len(summary['prompts'])} prompts, the same seed per prompt for both models; "
-              "files and index in `generated/`.", ""]
-    lines += [f"- {p}" for p in summary["prompts"]]
-    lines += ["", "## Blind A/B listening", ""]
-    ab = summary["ab"]
-    if ab and ab["decisive"]:
-        lines.append(f"Fine-tuned preferred in {ab['wins']} of {ab['decisive']} decisive judgments "
-                     f"(win rate {ab['win_rate']:.0%}, Wilson 95% CI {ab['wilson95_low']:.0%}-{ab['wilson95_high']:.0%}, "
-                     f"two-sided binomial p = {ab['binomial_p']:.3g}); ties {ab['ties']}, skips {ab['skips']}.")
-    else:
-        lines.append("No judgments yet: run the listening widget in notebook 05, then re-run the report.")
-    path = out / "report.md"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def refresh_report(run_dir: str | Path) -> dict:
-    """Re-read the A/B judgments and rewrite summary.json and report.md (no model work)."""
-    from .listen import read_results, summarize
-
-    out = Path(run_dir) / "eval"
-    summary = read_json(out / "summary.json")
-    ab_csv = out / "ab_results.csv"
-    summary["ab"] = summarize(read_results(ab_csv), "finetuned", "base") if ab_csv.exists() else None
-    write_json(out / "summary.json", summary)
-    _write_report(out, summary)
-    return summary
+    by_prompt: dict[str, list[dict]] = {}
+    for r in generated:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    return [Pair(f"{pid}-{short_hash('|'.join(sorted(r['path'] for r in rs)))}", rs[0]["prompt"], rs[0]["seed"],
+                 {r["model"]: r["path"] for r in rs}) for pid, rs in sorted(by_prompt.items())]

@@ -81,9 +81,14 @@ def fad(embedder: Embedder, files_a: list, files_b: list) -> dict:
         {"fad", "embedder", "clips_a", "clips_b", "frames_a", "frames_b", "reliable", "warning"}
     """
     ea, eb = embed_files(embedder, files_a), embed_files(embedder, files_b)
-    value = frechet_distance(*gaussian_stats(ea), *gaussian_stats(eb))
     dim = ea.shape[1]
     problems = []
+    if min(len(ea), len(eb)) < 2:  # no covariance from one frame: say so instead of crashing in sqrtm
+        value = float("nan")
+        problems.append(f"a set has {min(len(ea), len(eb))} embedding frame(s); a covariance needs 2 or more "
+                        "(generate more or longer clips)")
+    else:
+        value = frechet_distance(*gaussian_stats(ea), *gaussian_stats(eb))
     if min(len(files_a), len(files_b)) < MIN_RELIABLE_CLIPS:
         problems.append(f"fewer than {MIN_RELIABLE_CLIPS} clips per set ({len(files_a)} vs {len(files_b)})")
     if min(len(ea), len(eb)) <= dim:

@@ -1,21 +1,26 @@
 """Batch generation with fixed seeds: the same prompts and seeds for every model compared.
 
-Prompts: captions drawn (seeded) from the test split, plus the user's own. Each (model, prompt) pair
-is generated with its own seed, so base and fine-tuned renditions of a prompt differ only by the model;
-wav files go to <out>/<model>/<prompt_id>.wav with an index CSV. Existing files are kept (resumable).
+Prompts: captions drawn (seeded) from the test split, plus the user's own. Prompt i is generated with
+seed + i by every model, so base and fine-tuned renditions of a prompt differ only by the model.
+A clip's file name is a hash of everything that made it (the model's weights, prompt, seed and
+sampling settings), so re-running after more training or with other prompts never passes an old clip
+off as a new one, and a clip already made is reused. <out>/index.csv lists every clip in the folder.
 """
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .colab import progress
-from .io import atomic_path, write_wav
-from .layout import DataLayout
+from .io import atomic_path, short_hash, write_wav
+from .manifest import split_clips
+
+INDEX_COLUMNS = ["prompt_id", "prompt", "seed", "model", "path", "model_fingerprint", "duration", "top_k",
+                 "temperature", "cfg_coef"]
 
 
 @dataclass
@@ -29,14 +34,13 @@ class GenerateConfig:
 
 def test_prompts(root: str | Path, n: int, seed: int = 0) -> list[str]:
     """`n` distinct captions of test-split clips (one per song first), chosen with a fixed seed."""
-    layout = DataLayout(root)
-    by_song: dict[str, list[str]] = {}
-    manifest = layout.manifest("test")
-    if not manifest.exists():
+    try:
+        clips = split_clips(root, "test")
+    except FileNotFoundError:
         return []
-    for line in manifest.read_text().splitlines():
-        side = json.loads(Path(json.loads(line)["path"]).with_suffix(".json").read_text(encoding="utf-8"))
-        by_song.setdefault(side.get("song_id", side["name"]), []).append(side["description"])
+    by_song: dict[str, list[str]] = {}
+    for clip in clips:
+        by_song.setdefault(clip.song_id, []).append(clip.descriptions[0])
     rng = random.Random(seed)
     songs = sorted(by_song)
     rng.shuffle(songs)
@@ -48,25 +52,34 @@ def test_prompts(root: str | Path, n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def clip_name(model_fingerprint: str, prompt: str, seed: int, config: GenerateConfig) -> str:
+    """The file stem of one generated clip: a hash of what made it."""
+    settings = {k: v for k, v in asdict(config).items() if k != "seed"}
+    return short_hash(json.dumps([model_fingerprint, prompt, seed, settings], sort_keys=True), 16)
+
+
 def generate_set(models: dict, prompts: list[str], out_dir: str | Path, config: GenerateConfig | None = None) -> list[dict]:
-    """Generate every prompt with every model.
+    """Generate every prompt with every model (clips that already exist for the same model, prompt,
+    seed and settings are reused).
 
     Args:
         models: name -> audiocraft MusicGen.
     Returns:
-        index rows {prompt_id, prompt, seed, model, path}; also written to <out_dir>/index.csv.
+        this call's index rows {prompt_id, prompt, seed, model, path, ...}; <out_dir>/index.csv keeps
+        the rows of every clip in the folder, these included.
     """
-    import pandas as pd
+    from .model import weights_fingerprint
 
     config = config or GenerateConfig()
     out_dir = Path(out_dir)
     rows = []
     for name, model in models.items():
+        fingerprint = weights_fingerprint(model.lm)
         model.set_generation_params(duration=config.duration, top_k=config.top_k, temperature=config.temperature,
                                     cfg_coef=config.cfg_coef)
         for i, prompt in enumerate(progress(prompts, desc=f"generate {name}", unit="clip")):
             seed = config.seed + i
-            path = out_dir / name / f"p{i:03d}.wav"
+            path = out_dir / name / f"{clip_name(fingerprint, prompt, seed, config)}.wav"
             if not path.exists():
                 torch.manual_seed(seed)
                 if torch.cuda.is_available():
@@ -74,7 +87,18 @@ def generate_set(models: dict, prompts: list[str], out_dir: str | Path, config: 
                 with torch.no_grad():
                     wav = model.generate([prompt])  # [1, 1, T]
                 write_wav(path, wav[0, 0].float().cpu().numpy(), model.sample_rate)
-            rows.append({"prompt_id": f"p{i:03d}", "prompt": prompt, "seed": seed, "model": name, "path": str(path)})
-    with atomic_path(out_dir / "index.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+            rows.append({"prompt_id": f"p{i:03d}", "prompt": prompt, "seed": seed, "model": name, "path": str(path),
+                         "model_fingerprint": fingerprint, "duration": config.duration, "top_k": config.top_k,
+                         "temperature": config.temperature, "cfg_coef": config.cfg_coef})
+    _update_index(out_dir / "index.csv", rows)
     return rows
+
+
+def _update_index(index: Path, rows: list[dict]) -> None:
+    """Merge `rows` into index.csv: one row per clip file that exists, the newest row winning."""
+    import pandas as pd
+
+    old = pd.read_csv(index).to_dict("records") if index.exists() else []
+    by_path = {r["path"]: r for r in old + rows if Path(r["path"]).exists()}
+    with atomic_path(index) as tmp:
+        pd.DataFrame(list(by_path.values()), columns=INDEX_COLUMNS).to_csv(tmp, index=False)

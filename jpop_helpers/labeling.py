@@ -13,6 +13,7 @@ import logging
 import os
 import urllib.request
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,8 @@ class LabelConfig:
     bpm_method: str = "multifeature"  # essentia RhythmExtractor2013 method ("multifeature" | "degara")
     bpm_min_confidence: float = 1.0  # multifeature confidence (0-5.3); below it BPM stays out of captions
     key_profile: str = "bgate"  # essentia KeyExtractor profileType
+
+    CHOICES: ClassVar[dict] = {"bpm_method": ("multifeature", "degara")}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Where each stage reads and writes under a data root (see DESIGN.md's flow)."""
+"""Where each stage reads and writes under a data root (README.md, "Data layout")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

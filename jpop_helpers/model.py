@@ -9,13 +9,11 @@ no spaCy model).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
-
-PRETRAINED = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
-              "facebook/musicgen-melody")
 
 
 def tiny_compression_cfg() -> dict:
@@ -110,3 +108,19 @@ def load_musicgen(name: str, device: str | None = None):
     if device == "cpu":
         model.lm.float()
     return model
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights: different after any training step or for another model.
+
+    Reads a strided sample of every tensor (at most 4096 values each) plus its float64 sum, so it
+    costs little even for the large model.
+    """
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        flat = t.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
+        h.update(name.encode())
+        h.update(sample.tobytes())
+        h.update(repr(float(flat.double().sum())).encode())
+    return h.hexdigest()[:12]

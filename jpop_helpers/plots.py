@@ -11,7 +11,7 @@ def data_summary_figure(labels):
     """Four panels: clips per artist and split, BPM histogram, key counts, top tags.
 
     Args:
-        labels: the DataFrame of prepare.load_labels().
+        labels: the DataFrame of manifest.load_labels().
     """
     import matplotlib.pyplot as plt  # without a display matplotlib falls back to Agg by itself
 
@@ -48,7 +48,7 @@ def save_summary_plots(root: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from .io import atomic_path
-    from .prepare import load_labels
+    from .manifest import load_labels
 
     layout = DataLayout(root)
     if not layout.labels_csv.exists():
@@ -90,10 +90,11 @@ def save_training_curves(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     from .io import atomic_path, read_jsonl
+    from .runs import RunLayout
 
-    run_dir = Path(run_dir)
-    fig = training_curves_figure(read_jsonl(run_dir / "metrics.jsonl"), run_dir.name)
-    out = run_dir / "curves.png"
+    run = RunLayout(run_dir)
+    fig = training_curves_figure(read_jsonl(run.metrics), run.dir.name)
+    out = run.curves
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

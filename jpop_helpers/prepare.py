@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .captions import CaptionConfig, make_captions
-from .chunking import ChunkConfig, SplitConfig, assign_splits, chunk_audio, read_splits
+from .chunking import ChunkConfig, chunk_audio
+from .split import SplitConfig, assign_splits, read_splits
 from .colab import progress
 from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, read_json, short_hash, write_json, write_wav
 from .labeling import LabelConfig, Labeler
 from .layout import SPLITS, DataLayout
-from .manifest import write_manifests, write_sidecar
+from .manifest import write_labels, write_manifests, write_sidecar
 from .problems import ProblemLog
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
         rows.extend(song_rows)
 
     manifests = write_manifests(layout, rows)
-    labels_csv = _write_labels(layout, rows)
+    labels_csv = write_labels(layout, rows)
     return PrepareResult(rows, manifests, labels_csv, problems)
 
 
@@ -194,31 +195,3 @@ def _write_splits(layout: DataLayout, songs: list[Song], splits: dict[str, str])
                        for s in songs])
     with atomic_path(layout.splits_csv) as tmp:
         df.to_csv(tmp, index=False)
-
-
-def _write_labels(layout: DataLayout, rows: list[dict]) -> Path:
-    """labels.csv: one row per clip; list columns as '; '-joined text, scores as JSON per head."""
-    import pandas as pd
-
-    flat = []
-    for r in sorted(rows, key=lambda r: r["clip_id"]):
-        f = {k: v for k, v in r.items() if k not in ("scores", "descriptions")}
-        for k in ("genres", "moods", "instruments", "keywords"):
-            f[k] = "; ".join(r[k])
-        f["descriptions"] = json.dumps(r["descriptions"], ensure_ascii=False)
-        for head, scores in (r.get("scores") or {}).items():
-            f[f"{head}_scores"] = json.dumps(scores)
-        flat.append(f)
-    with atomic_path(layout.labels_csv) as tmp:
-        pd.DataFrame(flat).to_csv(tmp, index=False)
-    return layout.labels_csv
-
-
-def load_labels(root: str | Path):
-    """labels.csv as a DataFrame with list columns restored."""
-    import pandas as pd
-
-    df = pd.read_csv(DataLayout(root).labels_csv)
-    for k in ("genres", "moods", "instruments", "keywords"):
-        df[k] = df[k].astype(object).where(df[k].notna(), "").map(lambda s: [x for x in str(s).split("; ") if x])
-    return df

@@ -1,10 +1,14 @@
 """Shared fixtures: real audio made here (rendered music, click tracks, tones), built once per session.
 
-Nothing is read from ../shared or the internet.
+Nothing is read from ../shared or the internet. Session fixtures (demo_root, tiny_tokens, tiny_run) are
+read-only by convention: a test that writes under a data root or a run folder takes its own copy
+(`data_copy`, `run_copy`), so no test can change what another one reads.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -89,3 +93,29 @@ def tiny_run(tiny_tokens, tmp_path_factory):
                       save_every=20)
     train(cfg, run, *tiny_tokens, device="cpu")
     return run
+
+
+def copy_prepared(src: Path, dst: Path) -> Path:
+    """A prepared data root's clips, manifests and splits, copied to `dst` with the manifests pointing
+    at the copy (they hold absolute paths, as audiocraft's AudioMeta does)."""
+    for name in ("clips", "manifests"):
+        shutil.copytree(src / name, dst / name)
+    shutil.copy(src / "splits.csv", dst / "splits.csv")
+    for manifest in (dst / "manifests").glob("*/data.jsonl"):
+        metas = [json.loads(line) for line in manifest.read_text().splitlines()]
+        for m in metas:
+            m["path"] = str(dst / Path(m["path"]).relative_to(src.resolve()))
+        manifest.write_text("".join(json.dumps(m) + "\n" for m in metas))
+    return dst
+
+
+@pytest.fixture
+def data_copy(demo_root, tmp_path) -> Path:
+    """A private copy of the prepared demo root (clips, manifests, splits), for tests that write there."""
+    return copy_prepared(demo_root, tmp_path / "data")
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny fine-tuning run, without any evaluation in it."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "runs" / "tiny-full", ignore=shutil.ignore_patterns("eval")))

@@ -5,14 +5,57 @@ import pytest
 
 from jpop_helpers.cli import main
 
-VERBS = ["download", "prepare", "demo"]
+VERBS = ["download", "prepare", "train", "export", "evaluate", "generate", "demo"]
+
+
+def _help(verb, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb, capsys):
+    out = _help(verb, capsys)
+    assert out.startswith("usage: python -m jpop_helpers " + verb)
+    assert {"export": "--run", "generate": "--out"}.get(verb, "--root") in out
+
+
+def _options(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _options(hints[f.name], f"{prefix}{f.name}_")
+        else:
+            yield "--" + getattr(cls, "CLI_NAMES", {}).get(f.name, prefix + f.name).replace("_", "-")
+
+
+def test_cli_options_are_the_config_fields(capsys):
+    """The CLI is derived from the configs, so a setting added to a config cannot be missing here."""
+    from jpop_helpers.chunking import ChunkConfig
+    from jpop_helpers.evaluate import EvalConfig
+    from jpop_helpers.generate import GenerateConfig
+    from jpop_helpers.labeling import LabelConfig
+    from jpop_helpers.split import SplitConfig
+    from jpop_helpers.train import TrainConfig
+
+    for verb, configs in (("train", [TrainConfig]), ("prepare", [ChunkConfig, SplitConfig, LabelConfig]),
+                          ("evaluate", [EvalConfig]), ("generate", [GenerateConfig])):
+        out = _help(verb, capsys)
+        missing = [o for cls in configs for o in _options(cls) if o not in out]
+        assert not missing, (verb, missing)
+    assert "--lora-rank" in _help("train", capsys) and "{auto,fp32,fp16,bf16}" in _help("train", capsys)
+
+
+def test_a_typo_in_a_choice_is_refused_with_the_allowed_values(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main([verb, "--help"])
-    assert e.value.code == 0 and "--root" in capsys.readouterr().out
+        main(["train", "--root", str(tmp_path), "--run", str(tmp_path / "r"), "--optimizer", "adam"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'adam'" in err and "adamw8bit" in err
 
 
 def test_module_entry_point_runs():
@@ -58,20 +101,17 @@ def test_download_cli_reports_and_exits_zero_when_some_sources_work(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_export_generate_and_evaluate_cli_on_a_run(demo_root, tiny_run, tmp_path, capsys):
-    import shutil
-
+def test_export_generate_and_evaluate_cli_on_a_run(data_copy, run_copy, tmp_path, capsys):
     from audiocraft.models import MusicGen
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    run = run_copy
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "export")]) == 0
     MusicGen.get_pretrained(str(tmp_path / "export"), device="cpu")
     assert main(["generate", "--run", str(run), "--name", "tuned", "--prompt", "j-pop", "--prompt", "city pop",
                  "--out", str(tmp_path / "gen"), "--duration", "1", "--device", "cpu"]) == 0
     assert len(list((tmp_path / "gen" / "tuned").glob("*.wav"))) == 2
-    assert main(["evaluate", "--root", str(demo_root), "--run", str(run), "--n-prompts", "1", "--duration", "1",
-                 "--no-clap", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--root", str(data_copy), "--run", str(run), "--n-prompts", "1", "--duration", "1",
+                 "--clap-checkpoint", "", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "test      base: CE" in out and "finetuned: CE" in out and "report.md" in out
     assert (run / "eval" / "report.md").exists()

@@ -1,44 +1,14 @@
-import math
-
 import pytest
-import torch
-import torch.nn.functional as F
 
 from conftest import ffmpeg_tone
 
 
-def test_evaluate_ce_matches_an_independent_per_clip_computation(tiny_tokens):
-    """Batched, masked, aggregated CE == token-by-token CE computed clip by clip here."""
-    from audiocraft.modules.conditioners import ConditioningAttributes
-
-    from jpop_helpers.model import load_musicgen
-    from jpop_helpers.train import evaluate_ce
-
-    lm = load_musicgen("tiny", "cpu").lm.eval()
-    _, items = tiny_tokens
-    got = evaluate_ce(lm, items, batch_size=2, device="cpu")
-    nll = [[] for _ in range(4)]
-    with torch.no_grad():
-        for it in items:
-            codes = it.codes.long()[None]
-            attrs = [ConditioningAttributes(text={"description": it.descriptions[0]})]
-            out = lm.compute_predictions(codes, [], lm.condition_provider(lm.condition_provider.tokenize(attrs)))
-            logp = F.log_softmax(out.logits[0].double(), dim=-1)  # [K, T, card]
-            for k in range(4):
-                for t in range(it.valid_frames):
-                    if out.mask[0, k, t]:
-                        nll[k].append(-float(logp[k, t, codes[0, k, t]]))
-    per_q = [sum(v) / len(v) for v in nll]
-    assert got["tokens"] == len(nll[0])
-    assert [got[f"ce_q{k + 1}"] for k in range(4)] == pytest.approx(per_q, rel=1e-5)
-    assert got["ce"] == pytest.approx(sum(per_q) / 4, rel=1e-5)
-    assert got["ppl"] == pytest.approx(math.exp(sum(per_q) / 4), rel=1e-5)
-
-
-def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(demo_root, tiny_run, tmp_path):
-    from jpop_helpers.evaluate import EvalConfig, evaluate_run, refresh_report
+def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(data_copy, run_copy, tmp_path):
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
     from jpop_helpers.listen import ABSession
+    from jpop_helpers.report import refresh_report
 
+    demo_root, tiny_run = data_copy, run_copy
     other = tmp_path / "other"
     for i in range(2):
         ffmpeg_tone(other / f"metal{i}.wav", 6, 110 + 40 * i)
@@ -69,3 +39,37 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(demo_root, t
     ab = refresh_report(tiny_run)["ab"]
     assert (ab["wins"], ab["decisive"]) == (3, 3) and ab["binomial_p"] == pytest.approx(0.25)
     assert "preferred in 3 of 3" in (tiny_run / "eval" / "report.md").read_text()
+
+
+def test_re_evaluating_after_more_training_judges_only_the_new_clips(data_copy, run_copy, tiny_tokens):
+    """Stale clips and stale judgments stay out: more training makes new clips and new pairs."""
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
+    from jpop_helpers.listen import ABSession
+    from jpop_helpers.report import refresh_report
+    from jpop_helpers.runs import read_run_config
+    from jpop_helpers.train import TrainConfig, train
+
+    cfg = EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None)
+    with pytest.warns(UserWarning):
+        first = evaluate_run(data_copy, run_copy, cfg)
+    session = ABSession(first["pairs"], run_copy / "eval" / "ab_results.csv")
+    session.judge("A")
+    assert refresh_report(run_copy)["ab"]["decisive"] == 1
+    more = TrainConfig(**{**read_run_config(run_copy), "steps": 22})
+    train(more, run_copy, *tiny_tokens, device="cpu")  # two more steps
+    with pytest.warns(UserWarning):
+        second = evaluate_run(data_copy, run_copy, cfg)
+    tuned = lambda s: {p.wav_by_model["finetuned"] for p in s["pairs"]}
+    base = lambda s: {p.wav_by_model["base"] for p in s["pairs"]}
+    assert tuned(second).isdisjoint(tuned(first)) and base(second) == base(first)  # the base did not change
+    assert {p.pair_id for p in second["pairs"]}.isdisjoint(p.pair_id for p in first["pairs"])
+    assert second["ab"] is None and refresh_report(run_copy)["ab"] is None  # the old judgment is not theirs
+
+
+def test_an_empty_test_split_is_named(data_copy, run_copy):
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
+    from jpop_helpers.loss import EmptySplitError
+
+    (data_copy / "manifests" / "test" / "data.jsonl").write_text("")
+    with pytest.raises(EmptySplitError, match="the test split has no clips"):
+        evaluate_run(data_copy, run_copy, EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None))

@@ -42,3 +42,11 @@ def test_pipeline_on_audio_ranks_sets_and_warns_on_small_samples(tmp_path):
     far = fad(MelStatsEmbedder(n_mels=8), low, high)
     assert far["fad"] > 5 * near["fad"]
     assert near["clips_a"] == 4 and near["frames_a"] > 8 and not near["reliable"] and "50" in near["warning"]
+
+
+def test_a_set_with_a_single_frame_gives_nan_and_says_why_instead_of_crashing(tmp_path):
+    one = [ffmpeg_tone(tmp_path / "one.wav", 0.4, 300)]  # shorter than one 0.5-s embedding hop
+    many = [ffmpeg_tone(tmp_path / f"m{i}.wav", 3, 300 + 20 * i) for i in range(3)]
+    with pytest.warns(UserWarning, match="a covariance needs 2 or more"):
+        row = fad(MelStatsEmbedder(n_mels=8), one, many)
+    assert np.isnan(row["fad"]) and not row["reliable"] and row["frames_a"] == 1

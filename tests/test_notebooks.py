@@ -39,12 +39,13 @@ def test_01_and_02_run_on_the_demo_corpus(tmp_path):
     songs = {split: set(ids) for split, ids in summary["songs_per_split"].items()}
     assert set(songs) == {"train", "valid", "test"}
     assert not (songs["train"] & songs["test"]) and not (songs["train"] & songs["valid"])
+    assert not (songs["valid"] & songs["test"])
     assert (root / "reports" / "data_summary.png").exists()
 
 
 @pytest.mark.parametrize("name,mode", [("03_full_finetune.ipynb", "full"), ("04_lora_attempt.ipynb", "lora")])
-def test_03_and_04_train_resume_and_export_the_tiny_model(demo_root, tmp_path, name, mode):
-    params = dict(DATA_ROOT=str(demo_root), RUNS_DIR=str(tmp_path / "runs"), USE_DRIVE=False, RUN_NAME=mode,
+def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, name, mode):
+    params = dict(DATA_ROOT=str(data_copy), RUNS_DIR=str(tmp_path / "runs"), USE_DRIVE=False, RUN_NAME=mode,
                   MODEL="tiny", STEPS=12, BATCH_SIZE=4, GRAD_ACCUM=1, LR=3e-3, WARMUP_STEPS=2, EVAL_EVERY=6,
                   SAVE_EVERY=6, LOG_EVERY=3, ACTIVATION_CHECKPOINTING=True)
     out = run_notebook(name, tmp_path, **params)
@@ -56,17 +57,21 @@ def test_03_and_04_train_resume_and_export_the_tiny_model(demo_root, tmp_path, n
     nb = json.loads(out.read_text())
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb["cells"] for o in c.get("outputs", []))  # the live curve was drawn
-    # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train.
+    # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train, and
+    # nothing already written is redone (a retrain from scratch would rewrite both checkpoints).
+    ckpts = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").iterdir()}
+    metrics = (run / "metrics.jsonl").read_bytes()
     run_notebook(name, tmp_path, **params)
-    assert json.loads((run / "summary.json").read_text())["valid_ce_end"] == summary["valid_ce_end"]
+    again = json.loads((run / "summary.json").read_text())
+    assert again["resumed_from"] == 12 and summary["resumed_from"] == 0
+    assert again["valid_ce_end"] == summary["valid_ce_end"]
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").iterdir()} == ckpts
+    assert (run / "metrics.jsonl").read_bytes() == metrics
 
 
-def test_05_evaluates_a_run_and_writes_the_report(demo_root, tiny_run, tmp_path):
-    import shutil
-
-    runs = tmp_path / "runs"
-    shutil.copytree(tiny_run, runs / "tiny-full", ignore=shutil.ignore_patterns("eval"))
-    run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(demo_root), RUNS_DIR=str(runs), USE_DRIVE=False,
+def test_05_evaluates_a_run_and_writes_the_report(data_copy, run_copy, tmp_path):
+    runs = run_copy.parent
+    run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(data_copy), RUNS_DIR=str(runs), USE_DRIVE=False,
                  RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"], DURATION=1.0,
                  CLAP_CHECKPOINT="")
     ev = runs / "tiny-full" / "eval"

@@ -7,7 +7,8 @@ import soundfile as sf
 from conftest import demo_prepare_config, ffmpeg_tone
 from jpop_helpers.layout import SPLITS, DataLayout
 from jpop_helpers.manifest import MUSIC_INFO_FIELDS
-from jpop_helpers.prepare import load_labels, prepare
+from jpop_helpers.manifest import load_labels
+from jpop_helpers.prepare import prepare
 
 
 def _manifest_songs(root):

@@ -60,7 +60,8 @@ def test_missing_graphs_are_downloaded_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_prepare_with_taggers_writes_tags_scores_and_captions(demo_root, tmp_path):
-    from jpop_helpers.prepare import load_labels, prepare
+    from jpop_helpers.manifest import load_labels
+    from jpop_helpers.prepare import prepare
 
     root = tmp_path / "root"
     artist = sorted((demo_root / "raw").iterdir())[0]

@@ -1,0 +1,92 @@
+"""The one loss: audiocraft's per-codebook masked cross-entropy, shared by training and evaluation."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .batches import collate
+from .tokens import TokenItem
+
+
+class EmptySplitError(ValueError):
+    """A split to evaluate on holds no clips."""
+
+
+def codebook_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked cross-entropy per codebook, as audiocraft's MusicGen solver computes it.
+
+    Args:
+        logits: [B, K, T, card]; NaN at positions the delay pattern leaves invalid (masked out here).
+        targets: [B, K, T] codes.
+        mask: [B, K, T] bool, True where the target is a real, valid token.
+    Returns:
+        ce: scalar, mean over codebooks of each codebook's mean CE (the training loss);
+        ce_sum: [K] summed CE per codebook (float64, detached), for exact aggregation over batches;
+        n_tokens: [K] number of valid tokens per codebook.
+    """
+    K = targets.shape[1]
+    ce = logits.new_zeros((), dtype=torch.float32)
+    sums, counts = [], []
+    for k in range(K):
+        m = mask[:, k]
+        lk = logits[:, k][m].float()  # [N, card]: select first, so NaN logits never reach the loss
+        tk = targets[:, k][m].long()
+        q_sum = F.cross_entropy(lk, tk, reduction="sum")
+        n = tk.numel()
+        ce = ce + q_sum / max(n, 1)
+        sums.append(q_sum.detach().double())
+        counts.append(n)
+    return ce / K, torch.stack(sums), torch.tensor(counts, dtype=torch.long)
+
+
+class LMLoss(torch.nn.Module):
+    """Condition, predict and score one batch, as a module, so DistributedDataParallel can wrap it
+    (the LM is otherwise driven through condition_provider / compute_predictions, which DDP would not see)."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, codes: torch.Tensor, valid: torch.Tensor, attrs: list):
+        """codes, valid: [B, K, T]; attrs: ConditioningAttributes per clip.
+        Returns codebook_ce's (ce, ce_sum [K], n_tokens [K])."""
+        cond = self.lm.condition_provider(self.lm.condition_provider.tokenize(attrs))
+        out = self.lm.compute_predictions(codes, [], cond)
+        return codebook_ce(out.logits, codes, valid & out.mask)
+
+
+@torch.no_grad()
+def evaluate_ce(lm, items: list[TokenItem], batch_size: int, device: str, dtype: torch.dtype = torch.float32,
+                max_batches: int | None = None, split: str = "valid") -> dict:
+    """CE and perplexity over a split, with each clip's first description (no CFG dropout).
+
+    Args:
+        dtype: the autocast precision (the one training uses), so every model compared is scored alike.
+        split: its name, for the error message.
+    Returns:
+        {"ce": mean over codebooks of per-codebook mean CE, "ppl": exp(ce), "ce_q1".."ce_qK",
+         "tokens": valid tokens per codebook}
+    Raises:
+        EmptySplitError: `items` is empty.
+    """
+    if not items:
+        raise EmptySplitError(f"the {split} split has no clips to evaluate on: add songs, or give it a share "
+                              f"(prepare --{split}-fraction, notebook 02's {split.upper()}_FRACTION), then re-run")
+    loss = LMLoss(lm)
+    was_training = lm.training
+    lm.eval()
+    sums, counts = 0, 0
+    n_batches = math.ceil(len(items) / batch_size)
+    for b in range(n_batches if max_batches is None else min(n_batches, max_batches)):
+        batch = items[b * batch_size : (b + 1) * batch_size]
+        codes, valid, attrs = collate(batch, [it.descriptions[0] for it in batch], device)
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            _, s, c = loss(codes, valid, attrs)
+        sums, counts = sums + s, counts + c
+    lm.train(was_training)
+    per_q = (sums / counts.clamp(min=1)).tolist()
+    ce = sum(per_q) / len(per_q)
+    return {"ce": ce, "ppl": math.exp(ce), **{f"ce_q{k + 1}": v for k, v in enumerate(per_q)},
+            "tokens": int(counts[0])}

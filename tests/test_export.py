@@ -1,0 +1,39 @@
+import json
+
+import pytest
+import torch
+
+from jpop_helpers.loss import evaluate_ce
+from jpop_helpers.train import TrainConfig, train
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_export_loads_with_musicgen_get_pretrained_and_generates(tiny_tokens, tmp_path, mode):
+    from audiocraft.models import MusicGen
+
+    from jpop_helpers.export import export_run
+
+    train_items, valid_items = tiny_tokens
+    cfg = TrainConfig(model="tiny", mode=mode, steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=6,
+                      save_every=6)
+    run = train(cfg, tmp_path / "run", train_items, valid_items, device="cpu")
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    model = MusicGen.get_pretrained(str(out), device="cpu")
+    ce = evaluate_ce(model.lm, valid_items, 4, "cpu")["ce"]
+    assert ce == pytest.approx(run.final_valid["valid/ce"], abs=1e-5)  # the trained weights, not the base
+    model.set_generation_params(duration=1.0, top_k=50)
+    wav = model.generate(["upbeat j-pop with piano"])
+    assert wav.shape == (1, 1, 32000) and torch.isfinite(wav).all()
+    if mode == "lora":
+        adapter = out / "adapter" / "adapter_model.safetensors"
+        assert adapter.stat().st_size < 0.2 * (out / "state_dict.bin").stat().st_size
+        # the saved adapter names its base model (it was null), so users know what to load it onto
+        assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+        # base + adapter (peft format) gives the same model as the merged export
+        from peft import PeftModel
+
+        from jpop_helpers.model import load_musicgen
+
+        base = load_musicgen("tiny", "cpu")
+        base.lm = PeftModel.from_pretrained(base.lm, str(out / "adapter")).eval()
+        assert evaluate_ce(base.lm, valid_items, 4, "cpu")["ce"] == pytest.approx(ce, abs=1e-5)
