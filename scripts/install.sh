@@ -81,4 +81,4 @@ out=$($PY -c "import subprocess, deno; print(subprocess.run([deno.find_deno_bin(
   || fail "the deno binary does not run: $out"
 js=$($PY -m yt_dlp --verbose --ignore-config 2>&1 | grep -m1 'JS runtimes:' || true)
 case "$js" in *deno*) ;; *) fail "yt-dlp finds no JavaScript runtime for YouTube (${js:-no output}): is deno installed?";; esac
-echo "jpop-musicgen: install OK (yt-dlp ${js#*JS runtimes: })"
+echo "jpop-musicgen: install OK (yt-dlp's JavaScript runtime: ${js#*JS runtimes: })"

@@ -92,7 +92,7 @@ if [ -n "${FAIL_ON:-}" ] && [[ "$*" == *"$FAIL_ON"* ]]; then
   echo "ERROR: Could not find a version that satisfies the requirement stand-in>=9" >&2; exit 1
 fi
 case "$*" in
-  *"-m yt_dlp --verbose"*) echo "[debug] JS runtimes: ${FAKE_JS-deno 2.9.8}"; exit 2 ;;  # 2: no URL given
+  *"-m yt_dlp --verbose"*) echo "[debug] JS runtimes: ${FAKE_JS-deno-2.9.8}"; exit 2 ;;  # 2: no URL given
   *find_deno_bin*) echo "2.9.8" ;;
 esac
 exit 0
@@ -135,7 +135,7 @@ def test_install_sh_outside_colab_installs_the_demo_packages_and_runtime_require
     assert "-r requirements.txt" in calls and "requirements-dev.txt" not in calls
     assert "--no-deps audiocraft==1.3.0" in calls and "--no-deps -e ." in calls
     assert "torch==" not in calls  # torch was importable: never replaced
-    assert "install OK (yt-dlp deno 2.9.8)" in r.stdout
+    assert "install OK (yt-dlp's JavaScript runtime: deno-2.9.8)" in r.stdout
 
 
 def test_install_sh_in_colab_leaves_apt_alone_and_dev_adds_the_test_packages(stand_ins):
@@ -196,3 +196,23 @@ def test_install_module_imports_with_the_standard_library_only():
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import jpop_helpers.install; print('ok')"
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+# ---------------------------------------------------------------- scripts/colab_env_check.py's helpers
+
+def test_colab_stubs_make_colabs_versions_visible_as_installed(tmp_path):
+    from importlib.metadata import distributions
+
+    from colab_env_check import write_stubs
+
+    assert write_stubs(tmp_path, {"ipywidgets": "7.7.1", "torch": "2.11.0+cu128", "pip": "24.1.2"}) == 2
+    seen = {d.metadata["Name"]: d.version for d in distributions(path=[str(tmp_path)])}
+    assert seen == {"ipywidgets": "7.7.1", "torch": "2.11.0+cu128"}
+
+
+def test_colab_env_check_reports_every_changed_package_but_the_allowed_ones():
+    from colab_env_check import changed
+
+    before = {"ipywidgets": "7.7.1", "numpy": "2.1.3", "certifi": "2026.7.22", "tqdm": "4.67.3"}
+    after = {"ipywidgets": "8.1.9", "certifi": "2026.10.19", "tqdm": "4.67.3"}
+    assert changed(before, after) == ["ipywidgets 7.7.1 -> 8.1.9", "numpy 2.1.3 -> removed"]
