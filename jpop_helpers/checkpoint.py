@@ -1,20 +1,87 @@
-"""Checkpoints: atomic, last-K kept, and a resume that skips a checkpoint a crash left unreadable."""
+"""Checkpoints that load nothing with pickle, resume exactly, and cost no hidden Drive space.
+
+checkpoints/ckpt_<step>/      written as a hidden temp folder, renamed into place when complete
+    model.safetensors         the trained weights (every LM weight, or only the LoRA adapters)
+    state.safetensors         every other tensor: optimizer moments, RNG states
+    state.json                every other value (step, config, scheduler, scaler, optimizer groups)
+
+Tensors are safetensors and the rest is JSON, so a crafted checkpoint cannot run code when a run is
+resumed, exported or evaluated (torch.load of a pickle can). The weights can be read without the
+optimizer state (`load_weights`), which is what export and evaluation need. Deleting an old checkpoint
+first truncates its files: on the Google Drive mount a deleted file goes to Drive's Trash, which still
+counts against the quota, while an emptied one costs nothing there.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io import atomic_path
+from .io import read_json, write_json
 
 log = logging.getLogger(__name__)
-PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
+PATTERN = re.compile(r"^ckpt_(\d{8})$")
 
 
+# ---------------------------------------------------------------- nested values <-> tensors + JSON
+def pack(obj, tensors: dict[str, torch.Tensor], key: str = "t", seen: dict | None = None):
+    """A JSON-able skeleton of `obj`; its tensors go into `tensors` under generated keys.
+
+    Handles dicts (any key type), lists, tuples, tensors, numpy arrays and scalars: what optimizer,
+    scheduler, scaler and RNG states are made of.
+    """
+    if torch.is_tensor(obj):
+        # One tensor used in several places (bitsandbytes shares its quantisation maps) is stored
+        # once, and the places share it again when loaded.
+        same = (obj.device.type, obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape),
+                tuple(obj.stride()), obj.dtype) if obj.numel() else None
+        seen = {} if seen is None else seen
+        if same in seen:
+            return {"__tensor__": seen[same]}
+        tensors[key] = obj.detach().cpu().contiguous()
+        if same is not None:
+            seen[same] = key
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        seen = {} if seen is None else seen
+        return {"__dict__": [[pack(k, tensors, f"{key}.k{i}", seen), pack(v, tensors, f"{key}.{i}", seen)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        seen = {} if seen is None else seen
+        items = [pack(v, tensors, f"{key}.{i}", seen) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def unpack(skeleton, tensors: dict[str, torch.Tensor]):
+    """The inverse of `pack`."""
+    if isinstance(skeleton, list):
+        return [unpack(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if "__tensor__" in skeleton:
+        return tensors[skeleton["__tensor__"]]
+    if "__ndarray__" in skeleton:
+        return np.array(skeleton["__ndarray__"], dtype=skeleton["dtype"])
+    if "__tuple__" in skeleton:
+        return tuple(unpack(v, tensors) for v in skeleton["__tuple__"])
+    return {unpack(k, tensors): unpack(v, tensors) for k, v in skeleton["__dict__"]}
+
+
+# ---------------------------------------------------------------- RNG
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -25,38 +92,106 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    py = state["python"]  # JSON gives lists where random.setstate wants tuples
+    random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-def save_checkpoint(folder: str | Path, step: int, state: dict, keep_last: int = 2) -> Path:
-    """Write `ckpt_<step>.pt` atomically, then delete all but the newest `keep_last` checkpoints.
-
-    A crash mid-write leaves only a hidden temp file, never a truncated `ckpt_*.pt`.
-    """
-    folder = Path(folder)
-    path = folder / f"ckpt_{step:08d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
-        old.unlink(missing_ok=True)
-    return path
-
-
+# ---------------------------------------------------------------- files
 def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Checkpoints in step order, oldest first."""
+    """Complete checkpoints in step order, oldest first."""
     folder = Path(folder)
     if not folder.exists():
         return []
-    return sorted((p for p in folder.iterdir() if PATTERN.match(p.name)), key=lambda p: int(PATTERN.match(p.name)[1]))
+    return sorted((p for p in folder.iterdir() if p.is_dir() and PATTERN.match(p.name)),
+                  key=lambda p: int(PATTERN.match(p.name)[1]))
 
 
-def load_latest(folder: str | Path, map_location="cpu") -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads; unreadable ones (e.g. a disk filled mid-copy) are skipped."""
+def checkpoint_bytes(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Empty every file, then delete them and the folder (so Drive's Trash keeps no bytes of it)."""
+    path = Path(path)
+    for f in path.iterdir() if path.exists() else []:
+        if f.is_file():
+            with open(f, "r+b") as handle:
+                handle.truncate(0)
+            f.unlink()
+        else:
+            shutil.rmtree(f, ignore_errors=True)
+    if path.exists():
+        path.rmdir()
+
+
+def save_checkpoint(folder: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict,
+                    keep_last: int = 2) -> Path:
+    """Write `ckpt_<step>/` (complete or not at all), then remove all but the newest `keep_last`.
+
+    Args:
+        weights: name -> tensor, the trained weights.
+        state: everything else a resume needs (nested dicts/lists of tensors and plain values).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".ckpt_*.tmp"):  # left by a crash mid-save
+        remove_checkpoint(stale)
+    final = folder / f"ckpt_{step:08d}"
+    tmp = folder / f".ckpt_{step:08d}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = pack(state, tensors)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", skeleton)
+        for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():  # a torn checkpoint of the same step, being redone
+            remove_checkpoint(final)
+        os.replace(tmp, final)
+    except BaseException:
+        remove_checkpoint(tmp)
+        raise
+    for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+        remove_checkpoint(old)
+    return final
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Only the trained weights of a checkpoint (no optimizer state: a fraction of the memory)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"), device=device)
+
+
+def load_state(path: str | Path) -> dict:
+    """Everything but the weights (optimizer, scheduler, scaler, RNG, step), on the CPU."""
+    from safetensors.torch import load_file
+
+    return unpack(read_json(Path(path) / "state.json"), load_file(str(Path(path) / "state.safetensors")))
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint whose files are all readable; torn ones (a disk filled, a Drive sync cut
+    off) are skipped with a warning."""
+    from safetensors import safe_open
+
     for path in reversed(list_checkpoints(folder)):
         try:
-            return torch.load(path, map_location=map_location, weights_only=False), path
+            for name in ("model.safetensors", "state.safetensors"):
+                with safe_open(str(path / name), framework="pt") as f:
+                    for k in f.keys():
+                        f.get_slice(k)  # header and offsets intact
+            if os.path.getsize(path / "model.safetensors") < 8:
+                raise ValueError("empty")
+            read_json(path / "state.json")
+            return path
         except Exception as e:
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
-    return None, None
+    return None

@@ -72,9 +72,13 @@ def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0,
 
 
 def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, device: str) -> list[dict]:
+    """CE/PPL of every model on the same clips, at the same precision (the autocast training uses)."""
+    from .precision import choose_precision
+
+    dtype = choose_precision("auto", device)
     rows = []
     for name, model in models.items():
-        r = evaluate_ce(model.lm, items, batch_size, device, split=split)
+        r = evaluate_ce(model.lm, items, batch_size, device, dtype, split=split)
         rows.append({"split": split, "model": name, "clips": len(items), **r})
     return rows
 

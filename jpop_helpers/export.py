@@ -6,23 +6,30 @@ the compression model are taken from the base model, so the folder is complete o
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from .io import atomic_path, write_json
 from .lora import merge_lora, save_adapter
-from .runs import load_run_lm
+from .runs import RELEASE_DTYPE, load_run_lm
 
 
-def _base_packages(name: str) -> tuple[dict, dict]:
-    """The base model's audiocraft checkpoint packages (lm, compression), from a folder or the hub."""
-    from audiocraft.models.loaders import load_compression_model_ckpt, load_lm_model_ckpt
+def _base_files(name: str) -> tuple[Path, Path]:
+    """The base model's audiocraft checkpoint files (LM, compression): a folder's, or the Hugging Face
+    cache's, resolved as audiocraft's loaders resolve them."""
+    from audiocraft.models.loaders import get_audiocraft_cache_dir
+    from huggingface_hub import hf_hub_download
 
     from .model import resolve_model_name
 
     name = resolve_model_name(name)
-    return load_lm_model_ckpt(name), load_compression_model_ckpt(name)
+    if Path(name).is_dir():
+        return Path(name) / "state_dict.bin", Path(name) / "compression_state_dict.bin"
+    files = [hf_hub_download(repo_id=name, filename=f, cache_dir=get_audiocraft_cache_dir())
+             for f in ("state_dict.bin", "compression_state_dict.bin")]
+    return Path(files[0]), Path(files[1])
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -34,13 +41,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if cfg["mode"] == "lora":
         save_adapter(lm, out_dir / "adapter")
         lm = merge_lora(lm)
-    lm_pkg, codec_pkg = _base_packages(cfg["model"])
-    state = {k: v.detach().to(torch.float16 if v.is_floating_point() and cfg["model"] != "tiny" else v.dtype).clone()
+    base_lm, base_codec = _base_files(cfg["model"])
+    # Only the base's configuration is needed: memory-mapped, its weights are never read into RAM
+    # (a file in torch's legacy format cannot be mapped and is read whole).
+    try:
+        xp_cfg = torch.load(base_lm, map_location="cpu", mmap=True, weights_only=True)["xp.cfg"]
+    except RuntimeError:
+        xp_cfg = torch.load(base_lm, map_location="cpu", weights_only=True)["xp.cfg"]
+    state = {k: v.detach().to(RELEASE_DTYPE if v.is_floating_point() else v.dtype).clone()
              for k, v in lm.state_dict().items()}
     with atomic_path(out_dir / "state_dict.bin") as tmp:
-        torch.save({"xp.cfg": lm_pkg["xp.cfg"], "best_state": state}, tmp)
+        torch.save({"xp.cfg": xp_cfg, "best_state": state}, tmp)  # tensors and a string: weights_only-loadable
     with atomic_path(out_dir / "compression_state_dict.bin") as tmp:
-        torch.save(codec_pkg, tmp)
+        shutil.copyfile(base_codec, tmp)  # the codec is not trained: the base's file as it is
     write_json(out_dir / "export.json", {"run": str(Path(run_dir).resolve()), "base_model": cfg["model"],
                                          "mode": cfg["mode"]})
     return out_dir

@@ -70,9 +70,11 @@ def build_tiny(folder: str | Path, seed: int = 0) -> Path:
     lm = builders.get_lm_model(lcfg)
     from .io import atomic_path
 
-    for name, cfg, model in (("compression_state_dict.bin", ccfg, codec), ("state_dict.bin", lcfg, lm)):
+    # The LM's weights are stored in fp16, as in the released checkpoints (and our exports).
+    lm_state = {k: v.half() if v.is_floating_point() else v for k, v in lm.state_dict().items()}
+    for name, cfg, state in (("compression_state_dict.bin", ccfg, codec.state_dict()), ("state_dict.bin", lcfg, lm_state)):
         with atomic_path(folder / name) as tmp:
-            torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": model.state_dict()}, tmp)
+            torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": state}, tmp)
     return folder
 
 

@@ -4,7 +4,7 @@
              metrics.jsonl     one JSON row per log / validation (step, train/ce, valid/ce, ...)
              curves.png        CE and perplexity curves
              summary.json      the notebook's one-line summary of the run
-             checkpoints/      ckpt_<step>.pt, atomic, last K kept
+             checkpoints/      ckpt_<step>/ (safetensors + JSON, atomic, last K kept: checkpoint.py)
              export/           the folder MusicGen.get_pretrained loads (export.py)
              eval/             stage 05's report, tables, generated clips, A/B judgments
 """
@@ -13,7 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .io import read_json
+
+# How released MusicGen checkpoints store the LM, and so how our exports do: what users load.
+RELEASE_DTYPE = torch.float16
 
 
 @dataclass(frozen=True)
@@ -65,33 +70,41 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 
 def load_run_lm(run_dir: str | Path, device: str = "cpu", merge: bool = True):
-    """The MusicGen of a run's latest checkpoint: its base model + the trained weights.
+    """The MusicGen of a run's latest checkpoint: its base model + the trained weights, as exported.
+
+    The weights are rounded to RELEASE_DTYPE, as the export stores them, so evaluation and generation
+    score exactly the model users will load (and the base model is released that way too). On a GPU
+    they stay in half precision, as audiocraft loads the base; on a CPU they are computed in fp32.
 
     Args:
-        merge: LoRA runs only: merge the adapters into the base weights (else the LM stays a peft model).
+        merge: LoRA runs only: merge the adapters into the base weights (else the LM stays a peft
+            model, unrounded: the export merges and rounds it itself).
     Returns:
         (MusicGen, the run's config dict)
     Raises:
         FileNotFoundError: the run has no readable checkpoint.
     """
-    from .checkpoint import load_latest
+    from .checkpoint import latest_checkpoint, load_weights
     from .lora import LoraConfig, add_lora, load_adapter_state, merge_lora
     from .model import load_musicgen
 
     run = RunLayout(run_dir)
     cfg = read_run_config(run_dir)
-    state, _ = load_latest(run.checkpoints, map_location="cpu")
-    if state is None:
+    path = latest_checkpoint(run.checkpoints)
+    if path is None:
         raise FileNotFoundError(f"{run.checkpoints} holds no readable checkpoint")
+    weights = load_weights(path)  # the weights alone: the optimizer state is never read here
     model = load_musicgen(cfg["model"], device)
     lm = model.lm.float()
     if cfg["mode"] == "lora":
         lm = add_lora(lm, LoraConfig(**cfg["lora"]), base_model=cfg["model"])
-        load_adapter_state(lm, state["model"])
+        load_adapter_state(lm, weights)
         if merge:
             lm = merge_lora(lm)
     else:
-        lm.load_state_dict(state["model"])
-    del state  # the optimizer state is not needed here: free it before the caller works
+        lm.load_state_dict(weights)
+    del weights
+    if merge or cfg["mode"] == "full":
+        lm = lm.to(RELEASE_DTYPE) if device.startswith("cuda") else lm.to(RELEASE_DTYPE).float()
     model.lm = lm.eval()
     return model, cfg

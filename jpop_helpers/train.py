@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Callable, ClassVar
 import torch
 
 from .batches import batch_indices, collate, step_texts
-from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from .colab import progress
 from .distributed import barrier, dist_info, init_distributed, mean_over_ranks, replica_divergence
 from .io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
@@ -128,23 +129,28 @@ def _claim_run_folder(run: RunLayout, config: TrainConfig, write: bool) -> None:
 def _save(run: RunLayout, config, step, skipped, lm, optimizer, scheduler, scaler) -> None:
     """Everything a resume needs: the trained weights (all, or the adapters), optimizer, scheduler,
     scaler and RNG states, and the step (the data order is a function of it)."""
-    model_state = adapter_state(lm) if config.mode == "lora" else lm.state_dict()
-    save_checkpoint(run.checkpoints, step, {
-        "model": model_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "skipped_steps": skipped,
-        "config": dataclasses.asdict(config)}, config.keep_last)
+    weights = adapter_state(lm) if config.mode == "lora" else lm.state_dict()
+    save_checkpoint(run.checkpoints, step, weights, {
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "rng": rng_state(), "step": step, "skipped_steps": skipped, "config": dataclasses.asdict(config)},
+        config.keep_last)
 
 
 def _resume(run: RunLayout, config, lm, optimizer, scheduler, scaler) -> tuple[int, int]:
-    """Restore the newest readable checkpoint; returns (step, skipped steps), (0, 0) for a new run."""
-    state, path = load_latest(run.checkpoints, map_location="cpu")
-    if state is None:
+    """Restore the newest readable checkpoint; returns (step, skipped steps), (0, 0) for a new run.
+
+    Everything is read to the CPU and copied into the live tensors, so no second copy of the
+    checkpoint stays on the GPU.
+    """
+    path = latest_checkpoint(run.checkpoints)
+    if path is None:
         return 0, 0
+    weights, state = load_weights(path), load_state(path)
     if config.mode == "lora":
-        load_adapter_state(lm, state["model"])
+        load_adapter_state(lm, weights)
     else:
-        lm.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
+        lm.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])  # copies its tensors to the parameters' device
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
@@ -229,6 +235,9 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         ce_step, q_sums, q_counts = 0.0, 0, 0
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
+            # audiocraft's T5 word dropout draws from Python's `random`: seed it per micro-batch, so
+            # a run is a function of its config and a resumed run sees the same dropout.
+            random.seed((config.seed * 1_000_003 + m) * 1024 + rank)
             global_batch = batch_indices(m, len(train_items), config.batch_size * world, config.seed)
             batch = [train_items[i] for i in global_batch[rank * config.batch_size : (rank + 1) * config.batch_size]]
             codes, valid, attrs = collate(batch, step_texts(batch, m, config.seed, config.cfg_dropout), device)

@@ -59,13 +59,14 @@ def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, n
                for c in nb["cells"] for o in c.get("outputs", []))  # the live curve was drawn
     # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train, and
     # nothing already written is redone (a retrain from scratch would rewrite both checkpoints).
-    ckpts = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").iterdir()}
+    files = lambda: {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    ckpts = files()
     metrics = (run / "metrics.jsonl").read_bytes()
     run_notebook(name, tmp_path, **params)
     again = json.loads((run / "summary.json").read_text())
     assert again["resumed_from"] == 12 and summary["resumed_from"] == 0
     assert again["valid_ce_end"] == summary["valid_ce_end"]
-    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").iterdir()} == ckpts
+    assert files() == ckpts
     assert (run / "metrics.jsonl").read_bytes() == metrics
 
 

@@ -206,7 +206,6 @@ def test_train_export_and_load_export(mode, base, base_ce, items, tmp_path):
     config = TrainConfig(model=MUSICGEN_REPO, mode=mode, steps=2, batch_size=2, lr=1e-3 if mode == "full" else 1e-2,
                          warmup_steps=1, eval_every=2, save_every=2, log_every=1, seed=0)
     run = tmp_path / f"run-{mode}"
-    random.seed(0)  # audiocraft's T5 word dropout draws from Python's random (see test_same_seed_same_run)
     result = train(config, run, train_items, valid_items, model=model, device="cpu")
     assert result.step == 2
     rows = [r for r in result.metrics if "valid/ce" in r]
@@ -253,10 +252,9 @@ def test_train_export_and_load_export(mode, base, base_ce, items, tmp_path):
     assert wav.shape == (1, 1, 16000) and torch.isfinite(wav).all() and wav.abs().max() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: train() seeds torch but not Python's `random`, which the real "
-                   "T5Conditioner's word dropout (0.3 in musicgen-small's xp.cfg) draws from, so the same config and "
-                   "seed give different runs (proposed fix in train(): random.seed(...) per micro-batch)")
 def test_same_seed_same_run(base, items, tmp_path):
+    """The real T5Conditioner's word dropout (0.3 in musicgen-small's xp.cfg) draws from Python's
+    `random`, which the loop seeds per micro-batch: whatever ran before, the same config gives the same run."""
     from jpop_helpers.train import TrainConfig, train
 
     train_items, _ = items

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from jpop_helpers.checkpoint import list_checkpoints
+from jpop_helpers.checkpoint import list_checkpoints, load_state, load_weights
 from jpop_helpers.train import TrainConfig, train
 
 
@@ -14,8 +14,9 @@ def tiny_config(mode="full", steps=8, **kw):
     return TrainConfig(**base)
 
 
-def checkpoint_state(run, **kw):
-    return torch.load(list_checkpoints(run / "checkpoints")[-1], weights_only=False, **kw)
+def checkpoint_state(run):
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    return {"model": load_weights(newest), **load_state(newest)}
 
 
 @pytest.mark.parametrize("mode,factor", [("full", 0.5), ("lora", 0.8)])
@@ -56,9 +57,10 @@ def test_a_crash_during_checkpoint_write_resumes_from_the_previous_one(tiny_toke
     train(cfg, tmp_path / "b", train_items, valid_items, device="cpu", stop_after=4)
     ckpts = tmp_path / "b" / "checkpoints"
     # the crash: step 4's checkpoint is torn (e.g. Drive sync cut off), plus a leftover temp file
-    newest = list_checkpoints(ckpts)[-1]
+    newest = list_checkpoints(ckpts)[-1] / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:1000])
-    (ckpts / ".ckpt_00000006.abcd.tmp.pt").write_bytes(b"partial")
+    (ckpts / ".ckpt_00000006.abcd.tmp").mkdir()
+    (ckpts / ".ckpt_00000006.abcd.tmp" / "model.safetensors").write_bytes(b"partial")
     resumed = train(cfg, tmp_path / "b", train_items, valid_items, device="cpu")
     assert (resumed.start_step, resumed.step) == (2, 6)
     curve = lambda r: [(m["step"], m["train/ce"]) for m in r.metrics if "train/ce" in m]
@@ -68,7 +70,7 @@ def test_a_crash_during_checkpoint_write_resumes_from_the_previous_one(tiny_toke
 def test_keep_last_prunes_older_checkpoints(tiny_tokens, tmp_path):
     train_items, _ = tiny_tokens
     train(tiny_config("full", steps=5, save_every=1, keep_last=2), tmp_path / "r", train_items, [], device="cpu")
-    assert [p.name for p in list_checkpoints(tmp_path / "r" / "checkpoints")] == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path / "r" / "checkpoints")] == ["ckpt_00000004", "ckpt_00000005"]
 
 
 def test_a_run_folder_refuses_a_different_mode(tiny_tokens, tmp_path):
