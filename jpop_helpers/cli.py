@@ -80,6 +80,19 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from .plan import checkpoint_gib, plan_training, read_arch
+    from .train import TrainConfig
+
+    config = config_from_args(TrainConfig, a)
+    arch = read_arch(config.model)
+    plan, config = plan_training(arch, config, a.clip_seconds, a.gpu_gib)  # MemoryError: says what would fit
+    print(plan.describe())
+    print(f"one checkpoint: ~{checkpoint_gib(arch, config.mode, config.resolved_optimizer(), config.lora.rank):.2f} GiB "
+          f"(keep_last={config.keep_last}: {config.keep_last + 1} exist during a save)")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_run
 
@@ -144,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_config_args(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="03/04: will a training choice fit the GPU and the disk? (no GPU needed)")
+    p.add_argument("--gpu-gib", type=float, default=14.7, help="the GPU's memory (default: a Colab T4)")
+    p.add_argument("--clip-seconds", type=float, default=30.0)
+    add_config_args(p.add_argument_group("training"), TrainConfig)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("export", help="write a run as a folder MusicGen.get_pretrained loads")
     p.add_argument("--run", required=True)

@@ -13,23 +13,8 @@ import torch
 
 from .io import atomic_path, write_json
 from .lora import merge_lora, save_adapter
+from .model import checkpoint_files
 from .runs import RELEASE_DTYPE, load_run_lm
-
-
-def _base_files(name: str) -> tuple[Path, Path]:
-    """The base model's audiocraft checkpoint files (LM, compression): a folder's, or the Hugging Face
-    cache's, resolved as audiocraft's loaders resolve them."""
-    from audiocraft.models.loaders import get_audiocraft_cache_dir
-    from huggingface_hub import hf_hub_download
-
-    from .model import resolve_model_name
-
-    name = resolve_model_name(name)
-    if Path(name).is_dir():
-        return Path(name) / "state_dict.bin", Path(name) / "compression_state_dict.bin"
-    files = [hf_hub_download(repo_id=name, filename=f, cache_dir=get_audiocraft_cache_dir())
-             for f in ("state_dict.bin", "compression_state_dict.bin")]
-    return Path(files[0]), Path(files[1])
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -41,7 +26,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if cfg["mode"] == "lora":
         save_adapter(lm, out_dir / "adapter")
         lm = merge_lora(lm)
-    base_lm, base_codec = _base_files(cfg["model"])
+    base_lm, base_codec = checkpoint_files(cfg["model"])
     # Only the base's configuration is needed: memory-mapped, its weights are never read into RAM
     # (a file in torch's legacy format cannot be mapped and is read whole).
     try:

@@ -10,17 +10,34 @@ from pathlib import Path
 from .distributed import barrier, dist_info, init_distributed
 from .io import write_json
 from .model import default_device, load_musicgen
+from .plan import check_disk, checkpoint_gib, clip_seconds_of, gpu_capacity, plan_training, read_arch
 from .plots import save_training_curves
 from .runs import RunLayout
 from .tokens import encode_split
 from .train import TrainConfig, TrainResult, train
 
 
+def plan_run(root: str | Path, run_dir: str | Path, config: TrainConfig, device: str) -> TrainConfig:
+    """Before any GPU work: print the GPU memory plan and the checkpoints' disk needs, refuse what
+    cannot fit (MemoryError / OSError saying what would), and decide "auto" activation checkpointing.
+
+    Returns:
+        the config to train with.
+    """
+    arch = read_arch(config.model)
+    gpu, config = plan_training(arch, config, clip_seconds_of(root), gpu_capacity(device))
+    print(gpu.describe())
+    print(check_disk(run_dir, checkpoint_gib(arch, config.mode, config.resolved_optimizer(), config.lora.rank),
+                     config.keep_last))
+    return config
+
+
 def run_training(root: str | Path, run_dir: str | Path, config: TrainConfig, device: str | None = None,
                  callback=None) -> TrainResult:
-    """Encode (cached) train/valid tokens, train or resume the run, write its curves."""
+    """Plan, encode (cached) train/valid tokens, train or resume the run, write its curves."""
     device = init_distributed(device or default_device())  # under torchrun: one process per GPU
     rank, world, _ = dist_info()
+    config = plan_run(root, run_dir, config, device)
     model = load_musicgen(config.model, device)
     if rank > 0:
         barrier()  # rank 0 fills the token cache first; the others then read it
@@ -28,6 +45,7 @@ def run_training(root: str | Path, run_dir: str | Path, config: TrainConfig, dev
     valid_items = encode_split(model, root, "valid", config.model)
     if world > 1 and rank == 0:
         barrier()
+    model.compression_model.cpu()  # training reads cached tokens: the codec's GPU memory is free again
     result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
     if rank == 0:
         save_training_curves(run_dir)

@@ -96,6 +96,20 @@ def resolve_model_name(name: str) -> str:
     return str(folder)
 
 
+def checkpoint_files(name: str) -> tuple[Path, Path]:
+    """A model's audiocraft checkpoint files (LM, compression): a folder's, or the Hugging Face
+    cache's (downloaded on first use), resolved as audiocraft's loaders resolve them."""
+    from audiocraft.models.loaders import get_audiocraft_cache_dir
+    from huggingface_hub import hf_hub_download
+
+    name = resolve_model_name(name)
+    if Path(name).is_dir():
+        return Path(name) / "state_dict.bin", Path(name) / "compression_state_dict.bin"
+    files = [hf_hub_download(repo_id=name, filename=f, cache_dir=get_audiocraft_cache_dir())
+             for f in ("state_dict.bin", "compression_state_dict.bin")]
+    return Path(files[0]), Path(files[1])
+
+
 def load_musicgen(name: str, device: str | None = None):
     """audiocraft MusicGen for a pretrained name, a local folder (e.g. an export), or "tiny".
 

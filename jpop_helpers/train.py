@@ -54,21 +54,27 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto: bf16 on GPUs that run it natively, fp16 + loss scaling on a T4, fp32 on CPU
     cfg_dropout: float = 0.3  # probability of training a clip without its description
-    activation_checkpointing: bool = False  # recompute each layer's activations in backward (less memory)
-    optimizer: str = "adamw"  # adamw, or adamw8bit (bitsandbytes: 8-bit moments)
+    # on: recompute each layer's activations in backward (less memory); auto: on when the plan needs it
+    activation_checkpointing: str = "auto"
+    # auto: adamw8bit for full runs (2 bytes of state per weight, not 8: full small fits a T4 and a
+    # free Drive), adamw for LoRA (its state is tiny)
+    optimizer: str = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)  # used in lora mode
     eval_every: int = 100  # validation CE/PPL every N steps
     max_eval_batches: int | None = None  # None: the whole valid split
     save_every: int = 100  # checkpoint every N steps
-    keep_last: int = 2  # checkpoints kept
+    keep_last: int = 1  # checkpoints kept (a new one is complete before the old one goes)
     log_every: int = 10  # a metrics row every N steps
     seed: int = 0
 
-    CHOICES: ClassVar[dict] = {"mode": MODES, "precision": PRECISIONS, "optimizer": OPTIMIZERS}
+    CHOICES: ClassVar[dict] = {"mode": MODES, "precision": PRECISIONS, "optimizer": ("auto", *OPTIMIZERS),
+                               "activation_checkpointing": ("auto", "on", "off")}
 
     def __post_init__(self):
         if isinstance(self.lora, dict):  # read back from config.json
             self.lora = LoraConfig(**self.lora)
+        if isinstance(self.activation_checkpointing, bool):
+            self.activation_checkpointing = "on" if self.activation_checkpointing else "off"
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -78,6 +84,11 @@ class TrainConfig:
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else (1e-4 if self.mode == "lora" else 1e-5)
+
+    def resolved_optimizer(self) -> str:
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "adamw8bit" if self.mode == "full" else "adamw"
 
 
 @dataclass
@@ -194,7 +205,7 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     lm = model.lm.to(device)
     model.compression_model.eval()
     dtype = choose_precision(config.precision, device)
-    if config.activation_checkpointing:
+    if config.activation_checkpointing == "on":  # "auto" was decided by the memory plan (plan.py)
         # audiocraft's StreamingTransformer wraps every layer in torch.utils.checkpoint: activations
         # are recomputed in backward instead of stored (what lets medium/large fit a T4).
         lm.transformer.checkpointing = "torch"
@@ -206,7 +217,7 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             find_unused_parameters=True)
-    optimizer = make_optimizer(params, config.optimizer, config.resolved_lr(), config.weight_decay)
+    optimizer = make_optimizer(params, config.resolved_optimizer(), config.resolved_lr(), config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)

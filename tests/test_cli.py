@@ -5,7 +5,7 @@ import pytest
 
 from jpop_helpers.cli import main
 
-VERBS = ["download", "prepare", "train", "export", "evaluate", "generate", "demo"]
+VERBS = ["download", "prepare", "train", "plan", "export", "evaluate", "generate", "demo"]
 
 
 def _help(verb, capsys) -> str:
@@ -19,7 +19,7 @@ def _help(verb, capsys) -> str:
 def test_every_verb_has_help(verb, capsys):
     out = _help(verb, capsys)
     assert out.startswith("usage: python -m jpop_helpers " + verb)
-    assert {"export": "--run", "generate": "--out"}.get(verb, "--root") in out
+    assert {"export": "--run", "generate": "--out", "plan": "--gpu-gib"}.get(verb, "--root") in out
 
 
 def _options(cls, prefix=""):
@@ -128,3 +128,12 @@ def test_the_readme_demo_command_runs_every_stage(tmp_path, capsys):
         assert stage in out
     assert (tmp_path / "demo" / "runs" / "tiny-lora" / "curves.png").exists()
     assert (tmp_path / "demo" / "runs" / "tiny-full" / "eval" / "report.md").exists()
+
+
+def test_plan_cli_refuses_what_cannot_fit_and_prints_what_fits(capsys):
+    assert main(["plan", "--model", "tiny", "--mode", "full", "--gpu-gib", "14.7"]) == 0
+    assert "fits" in capsys.readouterr().out
+    assert main(["plan", "--model", "tiny", "--mode", "full", "--batch-size", "64", "--gpu-gib", "1.2",
+                 "--activation-checkpointing", "off"]) == 1
+    err = capsys.readouterr().err
+    assert "MemoryError" in err and "Try:" in err

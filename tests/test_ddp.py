@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def _train_cmd(launcher, root, run, batch_size):
     return [*launcher, "-m", "jpop_helpers", "train", "--root", str(root), "--run-dir", str(run), "--model", "tiny",
             "--mode", "full", "--steps", "6", "--batch-size", str(batch_size), "--grad-accum", "2", "--lr", "1e-3",
-            "--warmup-steps", "1",
+            "--warmup-steps", "1", "--keep-last", "2",
             "--eval-every", "3", "--save-every", "3", "--cfg-dropout", "0", "--device", "cpu"]
 
 
