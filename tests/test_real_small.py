@@ -268,3 +268,20 @@ def test_same_seed_same_run(base, items, tmp_path):
         result = train(config, tmp_path / f"run{i}", train_items, [], model=model, device="cpu")
         ces.append(next(r["train/ce"] for r in result.metrics if "train/ce" in r))
     assert ces[0] == ces[1], ces
+
+
+# ---------------------------------------------------------------- the memory plan reads the real config
+def test_the_plan_reads_the_real_architecture_from_the_hub_checkpoint(hub, base):
+    from jpop_helpers.plan import read_arch
+
+    arch = read_arch(MUSICGEN_REPO)  # from the cached files' stored xp.cfg, weights not read
+    assert (arch.dim, arch.layers, arch.codebooks, arch.card, arch.frame_rate) == (DIM, LM_LAYERS, N_Q, CARD, 50.0)
+    # T5 is sized by the name the checkpoint stores; t5-base's encoder, counted on the meta device:
+    from transformers import T5Config, T5EncoderModel
+
+    from hub_standin import T5_BASE_CONFIG
+
+    with torch.device("meta"):
+        t5_base = T5EncoderModel(T5Config(**T5_BASE_CONFIG))
+    assert arch.text_encoder_params == pytest.approx(sum(p.numel() for p in t5_base.parameters()), rel=0.002)
+    assert arch.lm_params == pytest.approx(sum(p.numel() for p in base.lm.parameters()), rel=0.002)
