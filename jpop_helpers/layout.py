@@ -12,7 +12,7 @@ class DataLayout:
     """Folders and files of one data root.
 
     raw/<artist>/<track>.wav + .info.json   downloaded audio (01)
-    clips/<split>/<song>_<nnn>.wav + .json  30-s mono 32 kHz chunks and MusicInfo sidecars (02)
+    clips/<split>/<song>/<song>_<nnn>.wav + .json  30-s mono 32 kHz chunks and MusicInfo sidecars (02)
     manifests/<split>/data.jsonl            audiocraft AudioMeta manifests (AudioDataset.from_meta(dir))
     labels.csv                              one row per clip: tags, scores, caption, split
     splits.csv                              the song -> split decision, kept across runs

@@ -158,7 +158,7 @@ def _prepare_song(song: Song, split: str, layout: DataLayout, config: PrepareCon
     chunks, dropped = chunk_audio(audio, config.chunk)
     if not chunks:
         raise ValueError(f"no usable chunk in {seconds:.1f} s of audio ({'; '.join(r for _, r in dropped)})")
-    out_dir = layout.clips / split
+    out_dir = layout.clips / split / song.song_id  # a folder per song: no Drive folder grows past ~1000 entries
     rows = []
     for chunk in chunks:
         clip_id = f"{song.song_id}_{chunk.index:03d}"

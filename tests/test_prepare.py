@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -30,6 +31,8 @@ def test_no_song_appears_in_two_splits(demo_root):
 def test_clips_are_mono_32k_fixed_length_with_complete_sidecars(demo_root):
     labels = load_labels(demo_root)
     assert len(labels) >= 12
+    # a folder per song, so no folder on Drive grows with the dataset (thousands of entries fail there)
+    assert all(Path(p).parent.name == song for p, song in zip(labels["path"], labels["song_id"]))
     for path in labels["path"]:
         info = sf.info(path)
         assert (info.samplerate, info.channels, info.frames) == (32000, 1, 320000)
@@ -69,7 +72,7 @@ def test_rerun_skips_done_songs_and_a_settings_change_redoes_them(demo_root, tmp
     root = tmp_path / "root"
     shutil.copytree(demo_root / "raw", root / "raw")
     first = prepare(root, demo_prepare_config())
-    wav = sorted((root / "clips").glob("*/*.wav"))[0]
+    wav = sorted((root / "clips").glob("*/*/*.wav"))[0]
     mtime = wav.stat().st_mtime_ns
     splits_before = (root / "splits.csv").read_text()
     second = prepare(root, demo_prepare_config())
@@ -81,7 +84,7 @@ def test_rerun_skips_done_songs_and_a_settings_change_redoes_them(demo_root, tmp
     third = prepare(root, cfg)
     assert len(third.rows) > len(first.rows)
     assert {sf.info(r["path"]).frames for r in third.rows} == {160000}
-    assert len(list((root / "clips").glob("*/*.wav"))) == len(third.rows)  # old 10-s clips removed
+    assert len(list((root / "clips").glob("*/*/*.wav"))) == len(third.rows)  # old 10-s clips removed
 
 
 def test_empty_root_is_a_clear_error(tmp_path):
