@@ -17,11 +17,18 @@ from .model import checkpoint_files
 from .runs import RELEASE_DTYPE, load_run_lm
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write `out_dir/{state_dict.bin, compression_state_dict.bin, export.json}` (+ `adapter/` for LoRA)."""
+def export_run(run_dir: str | Path, out_dir: str | Path, device: str | None = None) -> Path:
+    """Write `out_dir/{state_dict.bin, compression_state_dict.bin, export.json}` (+ `adapter/` for LoRA).
+
+    Args:
+        device: where the model is assembled (default: the GPU when there is one: audiocraft then
+            builds the base in half precision on it, and RAM holds little more than the files).
+    """
+    from .model import default_device
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, cfg = load_run_lm(run_dir, "cpu", merge=False)
+    model, cfg = load_run_lm(run_dir, device or default_device(), merge=False)
     lm = model.lm
     if cfg["mode"] == "lora":
         save_adapter(lm, out_dir / "adapter")
@@ -33,7 +40,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         xp_cfg = torch.load(base_lm, map_location="cpu", mmap=True, weights_only=True)["xp.cfg"]
     except RuntimeError:
         xp_cfg = torch.load(base_lm, map_location="cpu", weights_only=True)["xp.cfg"]
-    state = {k: v.detach().to(RELEASE_DTYPE if v.is_floating_point() else v.dtype).clone()
+    state = {k: v.detach().to("cpu", RELEASE_DTYPE if v.is_floating_point() else v.dtype).clone()
              for k, v in lm.state_dict().items()}
     with atomic_path(out_dir / "state_dict.bin") as tmp:
         torch.save({"xp.cfg": xp_cfg, "best_state": state}, tmp)  # tensors and a string: weights_only-loadable

@@ -19,6 +19,17 @@ os.environ.setdefault("JPOP_NO_PROGRESS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where CUDA is available."""
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_model_dir(tmp_path_factory):
     """Build the tiny MusicGen inside this test session, never reuse one from the user's cache."""

@@ -131,3 +131,19 @@ def test_8bit_adamw_trains_and_keeps_8bit_state(tiny_tokens, tmp_path):
             flat.extend(v.values() if isinstance(v, dict) else [v])
     moments = [v for v in flat if torch.is_tensor(v) and v.numel() > 256]
     assert moments and all(v.dtype == torch.uint8 for v in moments)  # 1 byte per moment, not 4
+
+
+@pytest.mark.gpu
+def test_resume_keeps_no_second_copy_of_the_checkpoint_on_the_gpu(tiny_tokens, tmp_path):
+    train_items, _ = tiny_tokens
+    cfg = tiny_config("full", steps=4, save_every=2)
+    train(cfg, tmp_path / "r", train_items, [], device="cuda", stop_after=2)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fresh = train(cfg, tmp_path / "fresh", train_items, [], device="cuda", stop_after=2)
+    fresh_peak = torch.cuda.max_memory_allocated()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    resumed = train(cfg, tmp_path / "r", train_items, [], device="cuda")
+    assert (fresh.start_step, resumed.start_step) == (0, 2)
+    assert torch.cuda.max_memory_allocated() <= fresh_peak * 1.05
