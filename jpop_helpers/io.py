@@ -63,11 +63,20 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one line and flush it to disk, so a crash loses at most the line being written."""
+    """Append one line and flush it to disk, so a crash loses at most the line being written.
+
+    After a crash mid-append the file ends in a torn line: the new row starts on a line of its own,
+    so only the torn fragment is lost (read_jsonl skips it), never the row appended after it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

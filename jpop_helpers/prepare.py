@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,9 +73,13 @@ class PrepareResult:
 def find_songs(layout: DataLayout) -> list[Song]:
     """Every audio file under raw/<artist>/, with title/artist/genre from its .info.json if any."""
     songs = []
-    for path in sorted(layout.raw.glob("*/*")):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or path.name.startswith("."):
-            continue
+    paths = [p for p in sorted(layout.raw.glob("*/*")) if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")]
+    stems = Counter((p.parent, p.stem) for p in paths)
+    for path in paths:
+        # x.mp3 and x.flac in one folder are two songs: their ids keep the extension apart
+        song_id = f"{path.parent.name}__{path.stem}"
+        if stems[(path.parent, path.stem)] > 1:
+            song_id += f"-{path.suffix[1:].lower()}"
         info_path = path.with_suffix(".info.json")
         info = {}
         if info_path.exists():
@@ -82,7 +87,7 @@ def find_songs(layout: DataLayout) -> list[Song]:
                 info = read_json(info_path)
             except Exception as e:
                 log.warning("%s: unreadable info JSON (%s); using the file name", info_path, e)
-        songs.append(Song(song_id=f"{path.parent.name}__{path.stem}", artist=info.get("artist") or path.parent.name,
+        songs.append(Song(song_id=song_id, artist=info.get("artist") or path.parent.name,
                           title=info.get("title") or path.stem, path=path, genre=info.get("genre"),
                           source=info.get("url") or info.get("source")))
     return songs
@@ -125,14 +130,15 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
     for song in progress(songs, desc="prepare", unit="song"):
         split = splits[song.song_id]
         record_path = _record_path(layout, song.song_id)
-        record = read_json(record_path) if record_path.exists() else None
-        if record and record.get("signature") == signature and record.get("split") == split:
+        record = _read_record(layout, record_path)
+        if (record and record.get("signature") == signature and record.get("split") == split
+                and all(Path(r["path"]).exists() and Path(r["path"]).with_suffix(".json").exists() for r in record["rows"])):
             rows.extend(record["rows"])
             continue
-        if record:  # settings changed: remove this song's old clips before writing new ones
+        if record:  # settings changed, or a clip went missing: remove this song's old clips, then redo it
             for r in record["rows"]:
                 for p in (Path(r["path"]), Path(r["path"]).with_suffix(".json")):
-                    p.unlink(missing_ok=True)
+                    _remove_inside(layout.root, p, problems)
         try:
             song_rows = _prepare_song(song, split, layout, config, labeler)
         except Exception as e:  # one bad file never stops the batch
@@ -140,12 +146,39 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
             continue
         if not song_rows:
             continue
-        write_json(record_path, {"signature": signature, "split": split, "rows": song_rows})
+        # paths relative to the root: a moved or copied root still finds (and only touches) its own clips
+        write_json(record_path, {"signature": signature, "split": split,
+                                 "rows": [{**r, "path": Path(r["path"]).relative_to(layout.root.resolve()).as_posix()}
+                                          for r in song_rows]})
         rows.extend(song_rows)
 
     manifests = write_manifests(layout, rows)
     labels_csv = write_labels(layout, rows)
     return PrepareResult(rows, manifests, labels_csv, problems)
+
+
+def _read_record(layout: DataLayout, path: Path) -> dict | None:
+    """A song's record with its clip paths made absolute under this root (None if there is none or it
+    cannot be read: the song is then redone)."""
+    try:
+        record = read_json(path) if path.exists() else None
+        if record:
+            root = layout.root.resolve()
+            record["rows"] = [{**r, "path": str((root / r["path"]).resolve())} for r in record["rows"]]
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable song record (%s); the song is redone", path, e)
+        return None
+
+
+def _remove_inside(root: Path, path: Path, problems: ProblemLog) -> None:
+    """Delete `path` only if it lies inside the data root (a record may have been edited by hand or
+    written under another root): nothing outside the root is ever deleted."""
+    path = Path(path).resolve()
+    if not path.is_relative_to(Path(root).resolve()):
+        problems.add(path, "a song record points outside the data root: left alone")
+        return
+    path.unlink(missing_ok=True)
 
 
 def _prepare_song(song: Song, split: str, layout: DataLayout, config: PrepareConfig, labeler: Labeler) -> list[dict]:

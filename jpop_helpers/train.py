@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     max_grad_norm: float = 1.0
+    max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss or gradient
     precision: str = "auto"  # auto: bf16 on GPUs that run it natively, fp16 + loss scaling on a T4, fp32 on CPU
     cfg_dropout: float = 0.3  # probability of training a clip without its description
     # on: recompute each layer's activations in backward (less memory); auto: on when the plan needs it
@@ -240,7 +242,7 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
     bar = progress(total=config.steps, initial=step, desc=f"train ({config.mode})", unit="step",
                    **({} if main_process else {"disable": True}))
-    t_last, clips_since = time.perf_counter(), 0
+    t_last, clips_since, bad_in_a_row = time.perf_counter(), 0, 0
     while step < end:
         optimizer.zero_grad(set_to_none=True)
         ce_step, q_sums, q_counts = 0.0, 0, 0
@@ -263,11 +265,21 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             clips_since += len(batch)
         scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-        scaler.step(optimizer)  # skipped by the scaler when grads hold inf/NaN (fp16 overflow)
+        # A non-finite loss or gradient never reaches the weights, in any precision: the step is
+        # skipped and counted (fp16: the scaler also lowers its scale), and too many in a row stop
+        # the run with its last checkpoint intact (it was saved before the first bad step).
+        finite = math.isfinite(grad_norm) and math.isfinite(ce_step)
+        if finite:
+            scaler.step(optimizer)
+            bad_in_a_row = 0
+        else:
+            skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
         scaler.update()
-        if scaler.is_enabled() and scaler.get_scale() < scale_before:
-            skipped += 1
+        if bad_in_a_row >= config.max_bad_steps:
+            raise FloatingPointError(
+                f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {step + 1}); the weights "
+                f"were not changed by them and {run.checkpoints} keeps the last good checkpoint. Lower the "
+                f"learning rate ({config.resolved_lr():g}), or use precision='fp32' / 'bf16' if fp16 overflows.")
         scheduler.step()
         step += 1
         bar.update(1)

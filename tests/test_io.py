@@ -32,3 +32,14 @@ def test_read_jsonl_skips_a_torn_last_line(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text('{"step": 1}\n{"step": 2}\n{"st')
     assert [r["step"] for r in read_jsonl(p)] == [1, 2]
+
+
+def test_an_append_after_a_torn_line_starts_a_new_line_and_keeps_its_row(tmp_path):
+    """Before, the new row was glued onto the torn fragment and both were lost."""
+    from jpop_helpers.io import append_jsonl
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2, "train/c')  # a kill mid-append
+    append_jsonl(p, {"step": 3})
+    append_jsonl(p, {"step": 4})
+    assert [r["step"] for r in read_jsonl(p)] == [1, 3, 4]

@@ -90,3 +90,52 @@ def test_rerun_skips_done_songs_and_a_settings_change_redoes_them(demo_root, tmp
 def test_empty_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no audio files"):
         prepare(tmp_path, demo_prepare_config())
+
+
+def test_same_stem_different_formats_are_two_songs(tmp_path):
+    root = tmp_path / "root"
+    ffmpeg_tone(root / "raw" / "me" / "x.mp3", 12, 300, codec=["-c:a", "libmp3lame"])
+    ffmpeg_tone(root / "raw" / "me" / "x.flac", 12, 500)
+    ffmpeg_tone(root / "raw" / "me" / "y.wav", 12, 700)
+    result = prepare(root, demo_prepare_config())
+    ids = sorted({r["song_id"] for r in result.rows})
+    assert ids == ["me__x-flac", "me__x-mp3", "me__y"]  # before: both were "me__x", one overwrote the other
+    paths = [json.loads(l)["path"] for s in SPLITS for l in DataLayout(root).manifest(s).read_text().splitlines()]
+    assert len(paths) == len(set(paths)) == len(result.rows)
+
+
+def test_a_moved_root_and_a_hand_edited_record_delete_nothing_outside_the_root(demo_root, tmp_path):
+    """Before, records held absolute paths: re-preparing a copied root with new settings deleted the
+    ORIGINAL root's clips, and an edited record could make prepare delete any file."""
+    first = tmp_path / "first"
+    shutil.copytree(demo_root / "raw", first / "raw")
+    prepare(first, demo_prepare_config())
+    before = sorted(p.relative_to(first) for p in (first / "clips").rglob("*.wav"))
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    victim = tmp_path / "precious.json"
+    victim.write_text("{}")
+    record = sorted((moved / "clips" / ".songs").glob("*.json"))[0]
+    data = json.loads(record.read_text())
+    data["rows"][0]["path"] = str(victim.with_suffix(".wav"))  # points outside the root
+    victim.with_suffix(".wav").write_bytes(b"mine")
+    record.write_text(json.dumps(data))
+    cfg = demo_prepare_config()
+    cfg.chunk.chunk_seconds = 5.0
+    result = prepare(moved, cfg)
+    assert sorted(p.relative_to(first) for p in (first / "clips").rglob("*.wav")) == before  # the original is intact
+    assert victim.exists() and victim.with_suffix(".wav").read_bytes() == b"mine"
+    assert "outside the data root" in result.problems.summary()
+    assert all(r["path"].startswith(str(moved.resolve())) for r in result.rows)
+
+
+def test_a_clip_deleted_from_disk_is_noticed_and_redone(demo_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "raw", root / "raw")
+    first = prepare(root, demo_prepare_config())
+    gone = Path(first.rows[0]["path"])
+    gone.unlink()
+    second = prepare(root, demo_prepare_config())
+    assert gone.exists() and len(second.rows) == len(first.rows)  # before: "no problems", and a dangling manifest line
+    listed = [json.loads(l)["path"] for s in SPLITS for l in DataLayout(root).manifest(s).read_text().splitlines()]
+    assert all(Path(p).exists() for p in listed)

@@ -147,3 +147,31 @@ def test_resume_keeps_no_second_copy_of_the_checkpoint_on_the_gpu(tiny_tokens, t
     resumed = train(cfg, tmp_path / "r", train_items, [], device="cuda")
     assert (fresh.start_step, resumed.start_step) == (0, 2)
     assert torch.cuda.max_memory_allocated() <= fresh_peak * 1.05
+
+
+def test_fp32_nan_never_reaches_the_weights_and_a_run_of_them_stops_with_the_checkpoint_kept(tiny_tokens, tmp_path,
+                                                                                             monkeypatch):
+    """Before, in fp32 one NaN loss made every weight NaN, the run ended 'normally' and keep-last
+    rotated the last good checkpoint out."""
+    import jpop_helpers.loss as L
+
+    train_items, _ = tiny_tokens
+    real_ce = L.codebook_ce
+    calls = {"n": 0}
+
+    def nan_from_the_third_step(logits, targets, mask):
+        ce, s, c = real_ce(logits, targets, mask)
+        calls["n"] += 1
+        return (ce * float("nan") if calls["n"] > 2 else ce), s, c
+
+    monkeypatch.setattr(L, "codebook_ce", nan_from_the_third_step)
+    cfg = tiny_config("full", steps=20, save_every=2, eval_every=100, max_bad_steps=3, precision="fp32")
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss.*last good checkpoint"):
+        train(cfg, tmp_path / "r", train_items, [], device="cpu")
+    newest = checkpoint_state(tmp_path / "r")
+    assert newest["step"] == 4 and newest["skipped_steps"] == 2  # steps 3-4 skipped, 5 was the third bad one
+    assert all(torch.isfinite(v).all() for v in newest["model"].values() if v.is_floating_point())
+    monkeypatch.setattr(L, "codebook_ce", real_ce)
+    train(cfg, tmp_path / "ref", train_items, [], device="cpu", stop_after=2)  # the same run, two good steps
+    ref = checkpoint_state(tmp_path / "ref")["model"]
+    assert all(torch.equal(ref[k], newest["model"][k]) for k in ref)  # skipped steps left the weights as at step 2
