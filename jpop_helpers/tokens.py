@@ -8,8 +8,9 @@ with thousands of small files gives I/O errors in Colab):
                                 audio_sig, codec_sig}; "shards": shard -> {clips, bytes, sha1}
 A clip is re-encoded when its wav changes (size or mtime: re-chunking rewrites it), the codec's weights
 change, or its shard is missing or damaged (size and SHA-1 are checked before a shard is parsed); clips
-no longer in the manifest are dropped. Nothing is unpickled: shards are safetensors, the index is JSON,
-and the previous format's per-clip `<clip_id>.pt` files are deleted unread.
+no longer in the manifest are dropped; captions follow the sidecars (editing one needs no re-encoding).
+Nothing is unpickled: shards are safetensors, the index is JSON, and the previous format's per-clip
+`<clip_id>.pt` files are deleted unread.
 
 Crash safety: a shard is written under a name no index has used and renamed into place whole, the index
 is written (atomically) after its shards, and only then are shards it no longer names deleted; a kill at
@@ -17,7 +18,7 @@ any point leaves the previous index with all its shards, or the new one with all
 by a run go to new shards (a full shard and the index are written every SHARD_CLIPS clips, so a
 disconnect loses at most that much work); older shards are never rewritten, except that when more than
 MAX_PARTIAL shards hold fewer than SHARD_CLIPS / 2 current clips, those clips are packed into full
-shards. A split therefore holds at most 2 x clips / SHARD_CLIPS + MAX_PARTIAL + 1 files.
+shards. After a run a split therefore holds at most 2 x clips / SHARD_CLIPS + MAX_PARTIAL + 1 files.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_safetensors, save as save_safetensors
 
 from .colab import progress
 from .io import atomic_path, load_audio, read_json, slugify, write_json
@@ -111,13 +113,11 @@ def _read_index(folder: Path) -> tuple[dict[str, dict], dict[str, dict]]:
 
 def _read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     """The shard's tensors, or {} when it is missing, torn or not the file the index describes."""
-    from safetensors.torch import load
-
     try:
         data = path.read_bytes()
         if len(data) != meta["bytes"] or hashlib.sha1(data).hexdigest() != meta["sha1"]:
             return {}
-        return load(data)
+        return load_safetensors(data)
     except Exception:  # OSError, or safetensors' own error for a malformed file
         return {}
 
@@ -149,11 +149,9 @@ class _ShardWriter:
 
     def write(self, items: list[tuple[TokenItem, dict]]) -> None:
         """Write one new shard of `items` (TokenItem, index entry without its shard)."""
-        from safetensors.torch import save
-
         name = f"shard-{self.next:05d}.safetensors"
         self.next += 1
-        data = save({it.clip_id: it.codes.contiguous() for it, _ in items})
+        data = save_safetensors({it.clip_id: it.codes.contiguous() for it, _ in items})
         with atomic_path(self.folder / name) as tmp:
             tmp.write_bytes(data)
         self.shards[name] = {"clips": len({it.clip_id for it, _ in items}), "bytes": len(data),

@@ -261,6 +261,11 @@ def test_a_rerun_writes_only_what_changed(data_copy, monkeypatch):
     items = rerun(0, 0)
     gone = json.loads(lines[1])["path"].split("/")[-1][:-4]
     assert len(items) == 11 and gone not in {it.clip_id for it in items} | set(_index(folder)["clips"])
+    sidecar = json.loads(lines[-1])["path"][:-4] + ".json"
+    side = json.loads(open(sidecar).read())
+    open(sidecar, "w").write(json.dumps({**side, "descriptions": ["edited caption"]}))  # captions edited
+    items = rerun(0, 0)
+    assert items[-1].descriptions == ["edited caption"] == _index(folder)["clips"][items[-1].clip_id]["descriptions"]
 
 
 def test_a_crash_before_the_index_is_written_keeps_the_previous_cache(data_copy, monkeypatch):
