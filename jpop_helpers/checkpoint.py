@@ -13,6 +13,7 @@ counts against the quota, while an emptied one costs nothing there.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -140,6 +141,11 @@ def save_checkpoint(folder: str | Path, step: int, weights: dict[str, torch.Tens
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".ckpt_*.tmp"):  # left by a crash mid-save
         remove_checkpoint(stale)
+    need = sum(t.numel() * t.element_size() for t in weights.values()) + _tensor_bytes(state)
+    free = shutil.disk_usage(folder).free
+    if free < need * 1.02 + 2**20:
+        raise OSError(errno.ENOSPC, f"no space left on {folder}: a checkpoint needs ~{need / 2**30:.2f} GiB, "
+                                    f"{free / 2**30:.2f} GiB free (on Google Drive, empty the Trash too)")
     final = folder / f"ckpt_{step:08d}"
     tmp = folder / f".ckpt_{step:08d}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
@@ -155,12 +161,25 @@ def save_checkpoint(folder: str | Path, step: int, weights: dict[str, torch.Tens
         if final.exists():  # a torn checkpoint of the same step, being redone
             remove_checkpoint(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         remove_checkpoint(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # e.g. the disk filled while writing
+            raise OSError(errno.ENOSPC, f"no space left on {folder}: a checkpoint needs ~{need / 2**30:.2f} GiB "
+                                        "(on Google Drive, empty the Trash too)") from e
         raise
     for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         remove_checkpoint(old)
     return final
+
+
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:

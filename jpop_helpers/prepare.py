@@ -8,6 +8,7 @@ reported by name and the others go on.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 from collections import Counter
@@ -25,6 +26,7 @@ from .manifest import write_labels, write_manifests, write_sidecar
 from .problems import ProblemLog
 
 log = logging.getLogger(__name__)
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 
 
 @dataclass
@@ -127,6 +129,7 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
     signature = _signature(config)
 
     rows: list[dict] = []
+    environment: list[str] = []  # failures of the machine (disk full, permissions), not of a file
     for song in progress(songs, desc="prepare", unit="song"):
         split = splits[song.song_id]
         record_path = _record_path(layout, song.song_id)
@@ -141,20 +144,35 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
                     _remove_inside(layout.root, p, problems)
         try:
             song_rows = _prepare_song(song, split, layout, config, labeler)
-        except Exception as e:  # one bad file never stops the batch
+            # paths relative to the root: a moved or copied root still finds (and only touches) its own clips
+            write_json(record_path, {"signature": signature, "split": split,
+                                     "rows": [{**r, "path": Path(r["path"]).relative_to(layout.root.resolve()).as_posix()}
+                                              for r in song_rows]})
+        except Exception as e:  # one bad file never stops the batch; what the song wrote is removed
+            _remove_song_clips(layout, split, song.song_id)
+            if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+                environment.append(f"{song.path}: {e.strerror or e}")
             problems.add(song.path, f"{e}" if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
             continue
-        if not song_rows:
-            continue
-        # paths relative to the root: a moved or copied root still finds (and only touches) its own clips
-        write_json(record_path, {"signature": signature, "split": split,
-                                 "rows": [{**r, "path": Path(r["path"]).relative_to(layout.root.resolve()).as_posix()}
-                                          for r in song_rows]})
         rows.extend(song_rows)
 
     manifests = write_manifests(layout, rows)
     labels_csv = write_labels(layout, rows)
+    if environment:  # not the files' fault: the run failed, and the user must fix the machine and re-run
+        raise OSError(f"prepare: {len(environment)} song(s) failed because of the machine, not the audio "
+                      f"(first: {environment[0]}); free space or fix permissions, then re-run: finished songs "
+                      f"are kept. {len(rows)} clips of the other songs are in the manifests.")
     return PrepareResult(rows, manifests, labels_csv, problems)
+
+
+def _remove_song_clips(layout: DataLayout, split: str, song_id: str) -> None:
+    """Delete what a failed attempt at a song wrote (its folder of clips), so no clip is left that no
+    manifest lists."""
+    folder = layout.clips / split / song_id
+    for f in folder.iterdir() if folder.is_dir() else []:
+        f.unlink(missing_ok=True)
+    if folder.is_dir():
+        folder.rmdir()
 
 
 def _read_record(layout: DataLayout, path: Path) -> dict | None:

@@ -83,3 +83,28 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_and_no_trace(tmp_path, 
     assert latest_checkpoint(tmp_path).name == "ckpt_00000001"
     remove_checkpoint(tmp_path / "ckpt_00000001")
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_a_full_disk_is_named_with_the_space_needed_before_anything_is_written(tmp_path, monkeypatch):
+    """Before: torch.save failed with 'unexpected pos 42176 vs 42064'."""
+    import shutil
+
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {"step": 1})
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"no space left on .*needs ~0\.00 GiB, 0\.00 GiB free.*Trash"):
+        save_checkpoint(tmp_path, 2, {"w": torch.zeros(10_000)}, {"step": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_00000001"]
+
+
+def test_a_disk_that_fills_while_writing_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+
+    import jpop_helpers.checkpoint as C
+
+    def enospc(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "write_json", enospc)
+    with pytest.raises(OSError, match="no space left on"):
+        save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {"step": 1})
+    assert list(tmp_path.iterdir()) == []

@@ -139,3 +139,31 @@ def test_a_clip_deleted_from_disk_is_noticed_and_redone(demo_root, tmp_path):
     assert gone.exists() and len(second.rows) == len(first.rows)  # before: "no problems", and a dangling manifest line
     listed = [json.loads(l)["path"] for s in SPLITS for l in DataLayout(root).manifest(s).read_text().splitlines()]
     assert all(Path(p).exists() for p in listed)
+
+
+def test_a_full_disk_fails_the_stage_and_leaves_no_orphan_clips(demo_root, tmp_path, monkeypatch):
+    """Before: exit 0 with 4 of 5 songs failed, and orphan clips that no manifest lists."""
+    import errno
+
+    import jpop_helpers.prepare as P
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "raw", root / "raw")
+    real_write = P.write_wav
+    written = {"n": 0}
+
+    def disk_fills_up(path, audio, sr):
+        written["n"] += 1
+        if written["n"] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, audio, sr)
+
+    monkeypatch.setattr(P, "write_wav", disk_fills_up)
+    with pytest.raises(OSError, match=r"failed because of the machine.*No space left on device.*re-run"):
+        prepare(root, demo_prepare_config())
+    listed = {json.loads(l)["path"] for s in SPLITS for l in DataLayout(root).manifest(s).read_text().splitlines()}
+    on_disk = {str(p.resolve()) for p in (root / "clips").rglob("*.wav")}
+    assert on_disk == listed and listed  # the songs that finished are listed; no clip is orphaned
+    monkeypatch.setattr(P, "write_wav", real_write)
+    again = prepare(root, demo_prepare_config())  # space freed: the rest is done, finished songs kept
+    assert len({r["song_id"] for r in again.rows}) == 6
