@@ -19,6 +19,23 @@ def checkpoint_state(run):
     return {"model": load_weights(newest), **load_state(newest)}
 
 
+def corrupt_loss(monkeypatch, factor_at):
+    """Make the loss of the n-th micro-batch (1-based) non-finite where `factor_at(n)` gives a factor;
+    returns a function that puts the real loss back."""
+    import jpop_helpers.loss as L
+
+    real_ce, calls = L.codebook_ce, {"n": 0}
+
+    def ce(logits, targets, mask):
+        value, s, c = real_ce(logits, targets, mask)
+        calls["n"] += 1
+        factor = factor_at(calls["n"])
+        return (value * factor if factor is not None else value), s, c
+
+    monkeypatch.setattr(L, "codebook_ce", ce)
+    return lambda: monkeypatch.setattr(L, "codebook_ce", real_ce)
+
+
 @pytest.mark.parametrize("mode,factor", [("full", 0.5), ("lora", 0.8)])
 def test_valid_ce_falls_clearly_in_both_modes(tiny_tokens, tmp_path, mode, factor):
     train_items, valid_items = tiny_tokens
@@ -89,19 +106,10 @@ def test_a_typo_in_a_choice_is_a_clear_error(field, value):
 
 def test_fp16_overflow_skips_the_step_instead_of_writing_nan(tiny_tokens, tmp_path, monkeypatch):
     """The seed paper saw 'grad scale INF' in fp16: a non-finite gradient must skip the step."""
-    import jpop_helpers.loss as L
     import jpop_helpers.train as T
 
     train_items, _ = tiny_tokens
-    real_ce = L.codebook_ce
-    calls = {"n": 0}
-
-    def overflowing_ce(logits, targets, mask):
-        ce, s, c = real_ce(logits, targets, mask)
-        calls["n"] += 1
-        return (ce * float("inf") if calls["n"] == 2 else ce), s, c  # the 2nd micro-batch overflows
-
-    monkeypatch.setattr(L, "codebook_ce", overflowing_ce)
+    corrupt_loss(monkeypatch, lambda n: float("inf") if n == 2 else None)  # the 2nd micro-batch overflows
     monkeypatch.setattr(T, "choose_precision", lambda precision, device: torch.float16)
     result = train(tiny_config("full", steps=3, eval_every=100), tmp_path / "r", train_items, [], device="cpu")
     rows = [m for m in result.metrics if "skipped_steps" in m]
@@ -153,25 +161,15 @@ def test_fp32_nan_never_reaches_the_weights_and_a_run_of_them_stops_with_the_che
                                                                                              monkeypatch):
     """Before, in fp32 one NaN loss made every weight NaN, the run ended 'normally' and keep-last
     rotated the last good checkpoint out."""
-    import jpop_helpers.loss as L
-
     train_items, _ = tiny_tokens
-    real_ce = L.codebook_ce
-    calls = {"n": 0}
-
-    def nan_from_the_third_step(logits, targets, mask):
-        ce, s, c = real_ce(logits, targets, mask)
-        calls["n"] += 1
-        return (ce * float("nan") if calls["n"] > 2 else ce), s, c
-
-    monkeypatch.setattr(L, "codebook_ce", nan_from_the_third_step)
+    restore = corrupt_loss(monkeypatch, lambda n: float("nan") if n > 2 else None)  # from the third step on
     cfg = tiny_config("full", steps=20, save_every=2, eval_every=100, max_bad_steps=3, precision="fp32")
     with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss.*last good checkpoint"):
         train(cfg, tmp_path / "r", train_items, [], device="cpu")
     newest = checkpoint_state(tmp_path / "r")
     assert newest["step"] == 4 and newest["skipped_steps"] == 2  # steps 3-4 skipped, 5 was the third bad one
     assert all(torch.isfinite(v).all() for v in newest["model"].values() if v.is_floating_point())
-    monkeypatch.setattr(L, "codebook_ce", real_ce)
+    restore()
     train(cfg, tmp_path / "ref", train_items, [], device="cpu", stop_after=2)  # the same run, two good steps
     ref = checkpoint_state(tmp_path / "ref")["model"]
     assert all(torch.equal(ref[k], newest["model"][k]) for k in ref)  # skipped steps left the weights as at step 2
