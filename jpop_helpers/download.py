@@ -4,7 +4,8 @@ A source is anything yt-dlp accepts (a playlist or video URL, `ytsearchN:query`)
 a local file or folder of audio (e.g. your own CD rips; relative paths are read from the manifest's
 folder). Re-runs skip what is done: yt-dlp's download archive for online sources, the info JSON
 files for local ones. A failing source or track is recorded in reports/download_problems.jsonl and the
-others continue.
+others continue; when YouTube wants a signed-in browser (its bot check), the record says how to give
+yt-dlp a cookies file.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class DownloadConfig:
     retries: int = 3
     socket_timeout: float = 30.0
     sleep_between: float = 0.0  # seconds between tracks (be gentle with rate limits)
-    cookies_file: str | None = None  # for age-restricted content you have access to
+    cookies_file: str | None = None  # youtube.com cookies (Netscape cookies.txt) for YouTube's sign-in / bot check
 
 
 @dataclass
@@ -112,11 +113,35 @@ def _track_meta_done(layout: DataLayout) -> set[str]:
     return done
 
 
+# Words in yt-dlp's errors when a site wants a signed-in browser: YouTube's "Sign in to confirm you're
+# not a bot" (often shown to datacenter IPs such as Colab's), its age and private-video checks, and
+# yt-dlp's own "Use --cookies-from-browser or --cookies" advice. A cookies file answers all of them.
+SIGN_IN_MARKERS = ("sign in", "not a bot", "cookies", "login required")
+COOKIES_HOWTO = (
+    "YouTube wants a signed-in browser (it often asks this of Colab's shared IP addresses). Export your "
+    "youtube.com cookies: in a private browser window, sign in to YouTube, save the cookies in Netscape "
+    "format with a cookies.txt extension (e.g. 'Get cookies.txt LOCALLY'), and close that window; upload "
+    "the file to Google Drive and set COOKIES_FILE in notebook 01 to its path (command line: "
+    "--cookies-file PATH). Keep the file private: it signs in as you. More: "
+    "https://github.com/yt-dlp/yt-dlp/wiki/Extractors#exporting-youtube-cookies")
+
+
+def sign_in_hint(message: str, cookies_file: str | None = None) -> str | None:
+    """What to do about a failure that a cookies file fixes, or None for any other failure."""
+    if not any(m in message.lower() for m in SIGN_IN_MARKERS):
+        return None
+    if cookies_file:
+        return (f"YouTube did not accept the cookies in {cookies_file}: they expire, and YouTube rotates "
+                f"those of an open browser session; export a fresh file. {COOKIES_HOWTO}")
+    return COOKIES_HOWTO
+
+
 class _ProblemLogger:
     """yt-dlp logger: errors become problem-report rows naming the source; the rest goes to logging."""
 
-    def __init__(self, problems: ProblemLog):
+    def __init__(self, problems: ProblemLog, cookies_file: str | None = None):
         self.problems = problems
+        self.cookies_file = cookies_file
         self.source = ""
         self.errors = 0
 
@@ -136,7 +161,7 @@ class _ProblemLogger:
             log.info(msg)
             return
         self.errors += 1
-        self.problems.add(self.source, msg)
+        self.problems.add(self.source, msg, sign_in_hint(msg, self.cookies_file))
 
 
 def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, config: DownloadConfig):
@@ -191,16 +216,21 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
 
     Returns:
         DownloadResult with the new wav paths and the problem log (also on disk under reports/).
+    Raises:
+        FileNotFoundError: `config.cookies_file` names a file that does not exist.
     """
     import yt_dlp
 
     config = config or DownloadConfig()
+    cookies = str(Path(config.cookies_file).expanduser()) if config.cookies_file else None
+    if cookies and not Path(cookies).is_file():
+        raise FileNotFoundError(f"cookies file not found: {cookies} (DownloadConfig.cookies_file / COOKIES_FILE)")
     layout = DataLayout(root)
     layout.raw.mkdir(parents=True, exist_ok=True)
     tmp_dir = layout.raw / ".incoming"
     problems = ProblemLog.for_stage(root, "download")
     result = DownloadResult(problems=problems)
-    logger = _ProblemLogger(problems)
+    logger = _ProblemLogger(problems, cookies)
     done_local = _track_meta_done(layout)
 
     base_opts = {
@@ -218,8 +248,8 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
         "writethumbnail": False,
         "noplaylist": False,
     }
-    if config.cookies_file:
-        base_opts["cookiefile"] = config.cookies_file
+    if cookies:
+        base_opts["cookiefile"] = cookies
 
     for source in progress(sources, desc="sources", unit="src"):
         logger.source = source.source
@@ -248,6 +278,6 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
                             and logger.errors == errors_before):
                         result.skipped += 1  # already in the archive
         except Exception as e:  # one bad source never stops the batch
-            problems.add(source.source, f"{type(e).__name__}: {e}")
+            problems.add(source.source, f"{type(e).__name__}: {e}", sign_in_hint(str(e), cookies))
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return result

@@ -102,14 +102,32 @@ def save_training_curves(run_dir: str | Path) -> Path:
 
 
 def live_curves(title: str = ""):
-    """A training callback that redraws the CE/PPL curves in a notebook output as metrics arrive."""
+    """A training callback that redraws the CE/PPL curves in a notebook as metrics arrive.
+
+    The curves live in one output, shown on the first call and replaced in place after that (an
+    IPython display handle: `update_display_data`, which Colab's front end supports); nothing clears
+    the cell's output, so the training progress bar above them stays visible.
+    """
+    import io
+
     import matplotlib.pyplot as plt
-    from IPython.display import clear_output, display
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
+    handle = None
 
     def show(metrics: list[dict]) -> None:
+        nonlocal handle
+        if get_ipython() is None:  # not in a notebook: nothing to show (curves.png is written at the end)
+            return
         fig = training_curves_figure(metrics, title)
-        clear_output(wait=True)
-        display(fig)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)  # a PNG, whatever matplotlib backend the kernel has
         plt.close(fig)
+        image = Image(data=png.getvalue(), format="png")
+        if handle is None:
+            handle = display(image, display_id=True)
+        else:
+            handle.update(image)
 
     return show

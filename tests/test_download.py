@@ -79,3 +79,59 @@ def test_read_sources_names_the_bad_row(tmp_path):
     csv.write_text("artist,source\n,ytsearch1:x\n")
     with pytest.raises(ValueError, match="row 2"):
         read_sources(csv)
+
+
+BOT_CHECK = "Sign in to confirm you’re not a bot"  # what YouTube tells datacenter IPs such as Colab's
+
+
+def test_a_sign_in_wall_is_reported_with_the_cookies_hint_and_the_batch_goes_on(tmp_path, monkeypatch):
+    """YouTube's bot check, raised the way yt-dlp's own extractors raise it (through yt-dlp's error
+    handling and our logger) and as a DownloadError out of extract_info; a local source still downloads."""
+    import yt_dlp
+    from yt_dlp.extractor.generic import GenericIE
+    from yt_dlp.utils import DownloadError
+
+    ffmpeg_tone(tmp_path / "ok" / "fine.mp3", 2, 440)
+    real_extract, real_info = GenericIE._real_extract, yt_dlp.YoutubeDL.extract_info
+
+    def extract(self, url):
+        if "bot-check" in url:
+            self.raise_login_required(BOT_CHECK, method="cookies")  # as the YouTube extractor does
+        return real_extract(self, url)
+
+    cookiefiles = []
+
+    def extract_info(self, url, *args, **kwargs):
+        cookiefiles.append(self.params.get("cookiefile"))
+        if "raises" in url:
+            raise DownloadError(f"ERROR: [youtube] abc: {BOT_CHECK}. Use --cookies-from-browser or --cookies")
+        return real_info(self, url, *args, **kwargs)
+
+    monkeypatch.setattr(GenericIE, "_real_extract", extract)
+    monkeypatch.setattr(yt_dlp.YoutubeDL, "extract_info", extract_info)
+    csv = tmp_path / "s.csv"
+    csv.write_text("artist,source\nA,https://example.invalid/bot-check\nB,https://example.invalid/raises\n"
+                   "C,ok\nD,missing-folder\n")
+
+    result = download(read_sources(csv), tmp_path / "root")
+    assert [p.name[:4] for p in result.downloaded] == ["fine"]  # the rest of the batch went on
+    rows = {r["item"].rsplit("/", 1)[-1]: r for r in map(json.loads, (tmp_path / "root" / "reports" /
+                                                                      "download_problems.jsonl").read_text().splitlines())}
+    assert set(rows) == {"bot-check", "raises", "missing-folder"}
+    for item in ("bot-check", "raises"):
+        assert BOT_CHECK in rows[item]["problem"]
+        assert "COOKIES_FILE" in rows[item]["hint"] and "--cookies-file" in rows[item]["hint"]
+    assert "hint" not in rows["missing-folder"]  # only a sign-in wall gets the cookies hint
+    summary = result.summary()
+    assert summary.count("hint: ") == 1 and "Netscape" in summary  # the hint, once, for both sources
+
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n")
+    from jpop_helpers.download import DownloadConfig
+
+    cookiefiles.clear()
+    again = download(read_sources(csv), tmp_path / "root2", DownloadConfig(cookies_file=str(cookies)))
+    assert cookiefiles and set(cookiefiles) == {str(cookies)}  # yt-dlp got the file for every source
+    assert f"did not accept the cookies in {cookies}" in again.summary()
+    with pytest.raises(FileNotFoundError, match="cookies file not found"):
+        download(read_sources(csv), tmp_path / "root3", DownloadConfig(cookies_file=str(tmp_path / "nope.txt")))

@@ -1,5 +1,8 @@
-"""Every notebook runs headless with small parameters (papermill), so none can silently rot."""
+"""Every notebook runs headless with small parameters (papermill), so none can silently rot; their
+parameters, markdown and Colab metadata are checked without running them."""
+import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -7,16 +10,47 @@ import pytest
 from conftest import REPO
 
 NOTEBOOKS = REPO / "notebooks"
-pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _kernel_imports_this_checkout(monkeypatch):
+    """The notebook kernels import jpop_helpers from this checkout, not from wherever it is installed."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     import papermill as pm
 
     out = out_dir / name
+    # A cell that never finishes fails the test instead of hanging it (once, 05's A/B widget cell left
+    # nbclient waiting on an idle kernel).
     pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(NOTEBOOKS),
-                        kernel_name="python3", progress_bar=False)
+                        kernel_name="python3", progress_bar=False, execution_timeout=900)
     return out
+
+
+def load(name: str) -> dict:
+    return json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
+
+
+def parameters(name: str) -> dict[str, tuple[object, str]]:
+    """The parameters cell of a notebook: NAME -> (value, the comment lines right above it + its own line)."""
+    cell = next(c for c in load(name)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    lines = source.splitlines()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            i, comment = node.lineno - 1, []
+            while i > 0 and lines[i - 1].lstrip().startswith("#"):  # Colab forms allow no text after #@param
+                i -= 1
+                comment.insert(0, lines[i])
+            found[node.targets[0].id] = (ast.literal_eval(node.value), "\n".join(comment + [lines[node.lineno - 1]]))
+    return found
+
+
+def markdown(name: str) -> str:
+    return "\n".join("".join(c["source"]) for c in load(name)["cells"] if c["cell_type"] == "markdown")
 
 
 def test_notebooks_are_stripped_and_have_a_parameters_cell():
@@ -27,11 +61,78 @@ def test_notebooks_are_stripped_and_have_a_parameters_cell():
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), nb_path.name
 
 
+TRAIN_FIELDS = ("steps", "batch_size", "grad_accum", "lr", "warmup_steps", "precision", "activation_checkpointing",
+                "optimizer", "eval_every", "save_every", "keep_last", "log_every")
+
+
+@pytest.mark.parametrize("name,mode", [("03_full_finetune.ipynb", "full"), ("04_lora_attempt.ipynb", "lora")])
+def test_03_and_04_defaults_agree_with_trainconfig_or_say_why(name, mode):
+    """A notebook default may differ from TrainConfig's only with a comment right above it that says
+    "differs from TrainConfig.<field> = <TrainConfig's value>: <why>" (so a changed TrainConfig default
+    makes the comment fail too); a comment that claims a difference where there is none fails as well."""
+    from jpop_helpers.train import TrainConfig
+
+    defaults = TrainConfig(mode=mode)
+    expected = {f: getattr(defaults, f) for f in TRAIN_FIELDS} | {"lr": defaults.resolved_lr()}
+    if mode == "lora":
+        expected |= {"lora.rank": defaults.lora.rank, "lora.alpha": defaults.lora.alpha}
+    params = parameters(name)
+    wrong = []
+    for field, default in expected.items():
+        param = field.replace(".", "_").upper()
+        if param not in params:
+            wrong.append(f"{param}: missing")
+            continue
+        value, comment = params[param]
+        claims = "differs from TrainConfig" in comment
+        if value != default and f"differs from TrainConfig.{field} = {default}:" not in comment:
+            wrong.append(f"{param} = {value!r}, TrainConfig.{field} = {default!r}, and no comment says why")
+        elif value == default and claims:
+            wrong.append(f"{param}: the comment claims a difference from TrainConfig that is not there")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_which_notebooks_need_a_gpu_and_where_the_weights_go():
+    from jpop_helpers.colab import HUB_DOWNLOAD_GB
+
+    for name in ("01_download.ipynb", "02_split_label.ipynb"):
+        assert "No GPU needed" in markdown(name) and "CPU runtime" in markdown(name)
+        assert "accelerator" not in load(name)["metadata"]  # Colab opens it on a CPU runtime
+    sizes = [f"{gb:.2f} GB" for gb in HUB_DOWNLOAD_GB.values()]  # the figures hf_cache_report uses
+    for name in ("03_full_finetune.ipynb", "04_lora_attempt.ipynb", "05_eval_listen.ipynb"):
+        text, meta = markdown(name), load(name)["metadata"]
+        assert "Runtime > Change runtime type > T4 GPU" in text
+        assert meta["accelerator"] == "GPU" and meta["colab"]["gpuType"] == "T4"
+        assert "`~/.cache/huggingface/hub`" in text and "not on Drive" in text
+        assert all(size in text for size in sizes), (name, sizes)
+
+
+def test_01_takes_a_cookies_file_and_says_how_to_make_one():
+    assert parameters("01_download.ipynb")["COOKIES_FILE"][0] == ""
+    code = "\n".join("".join(c["source"]) for c in load("01_download.ipynb")["cells"] if c["cell_type"] == "code")
+    assert "DownloadConfig(cookies_file=COOKIES_FILE or None)" in code
+    assert "`COOKIES_FILE`" in markdown("01_download.ipynb") and "`--cookies-file`" in markdown("01_download.ipynb")
+
+
+def cell_outputs(nb_path: Path, marker: str) -> list[dict]:
+    """The outputs of the executed notebook's first code cell whose source contains `marker`."""
+    nb = json.loads(nb_path.read_text())
+    return next(c["outputs"] for c in nb["cells"] if c["cell_type"] == "code" and marker in "".join(c["source"]))
+
+
+def text_of(outputs: list[dict]) -> str:
+    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+@pytest.mark.slow
 def test_01_and_02_run_on_the_demo_corpus(tmp_path):
     root = tmp_path / "root"
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n")
     run_notebook("01_download.ipynb", tmp_path, DATA_ROOT=str(root), USE_DRIVE=False, DEMO=True,
-                 DEMO_SECONDS=22, DEMO_PER_ARTIST=2)
+                 DEMO_SECONDS=22, DEMO_PER_ARTIST=2, COOKIES_FILE=str(cookies))
     assert len(list((root / "raw").glob("*/*.wav"))) == 6
+    assert "generated by yt-dlp" in cookies.read_text()  # COOKIES_FILE reached yt-dlp (it rewrites the jar)
     run_notebook("02_split_label.ipynb", tmp_path, DATA_ROOT=str(root), USE_DRIVE=False, CHUNK_SECONDS=10.0,
                  MIN_TAIL_SECONDS=4.0, DSP_ONLY=True)
     summary = json.loads((root / "reports" / "02_summary.json").read_text())
@@ -43,20 +144,24 @@ def test_01_and_02_run_on_the_demo_corpus(tmp_path):
     assert (root / "reports" / "data_summary.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mode", [("03_full_finetune.ipynb", "full"), ("04_lora_attempt.ipynb", "lora")])
-def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, name, mode):
+def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, monkeypatch, name, mode):
     params = dict(DATA_ROOT=str(data_copy), RUNS_DIR=str(tmp_path / "runs"), USE_DRIVE=False, RUN_NAME=mode,
                   MODEL="tiny", STEPS=12, BATCH_SIZE=4, GRAD_ACCUM=1, LR=3e-3, WARMUP_STEPS=2, EVAL_EVERY=6,
                   SAVE_EVERY=6, LOG_EVERY=3, ACTIVATION_CHECKPOINTING=True)
+    monkeypatch.setenv("JPOP_NO_PROGRESS", "0")  # the kernel shows its progress bars, as in Colab
     out = run_notebook(name, tmp_path, **params)
     run = tmp_path / "runs" / mode
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["valid_ce_end"] < 0.8 * summary["valid_ce_start"]
     assert (run / "curves.png").exists() and (run / "export" / "state_dict.bin").exists()
     assert (run / "export" / "adapter" / "adapter_model.safetensors").exists() == (mode == "lora")
-    nb = json.loads(out.read_text())
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in nb["cells"] for o in c.get("outputs", []))  # the live curve was drawn
+    # The live curve is one output updated in place (4 redraws here), below the progress bar and the
+    # lines printed before training, which stay (clear_output used to erase them).
+    outputs = cell_outputs(out, "finetune_notebook(")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert f"train ({mode})" in text_of(outputs) and "data: " in text_of(outputs)
     # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train, and
     # nothing already written is redone (a retrain from scratch would rewrite both checkpoints).
     files = lambda: {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").rglob("*") if p.is_file()}
@@ -70,11 +175,14 @@ def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, n
     assert (run / "metrics.jsonl").read_bytes() == metrics
 
 
+@pytest.mark.slow
 def test_05_evaluates_a_run_and_writes_the_report(data_copy, run_copy, tmp_path):
     runs = run_copy.parent
-    run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(data_copy), RUNS_DIR=str(runs), USE_DRIVE=False,
-                 RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"], DURATION=1.0,
-                 CLAP_CHECKPOINT="")
+    out = run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(data_copy), RUNS_DIR=str(runs),
+                       USE_DRIVE=False, RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"],
+                       DURATION=1.0, CLAP_CHECKPOINT="")
+    setup = text_of(cell_outputs(out, "gpu_check("))
+    assert "device: cpu" in setup and "weights cache: " in setup  # outside Colab: no GPU warning
     ev = runs / "tiny-full" / "eval"
     summary = json.loads((ev / "summary.json").read_text())
     assert {r["model"] for r in summary["ce"]} == {"base", "finetuned"}
