@@ -77,7 +77,7 @@ def main() -> None:
              "g = torch.Generator().manual_seed(0)\n"
              "items = [TokenItem(str(i), torch.randint(0, 2048, (4, 100), generator=g).to(torch.int16), 100, ['j-pop'])"
              " for i in range(2)]\n"
-             f"train(TrainConfig(model={MUSICGEN_REPO!r}, mode='full', steps=1, batch_size=2, warmup_steps=1), "
+             f"train(TrainConfig(model={MUSICGEN_REPO!r}, mode='full', steps=1, batch_size=2, grad_accum=1, warmup_steps=1), "
              f"{str(run)!r}, items, [], device='cpu')\n")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", train], env=env, check=True)

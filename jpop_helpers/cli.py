@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     _add_prepare_args(p)
     add_config_args(p.add_argument_group("training (tiny model)"), TrainConfig, skip=DEMO_TRAIN_SKIP,
-                    defaults=TrainConfig(batch_size=4, warmup_steps=5))
+                    defaults=TrainConfig(batch_size=4, grad_accum=1, warmup_steps=5))
     p.set_defaults(func=cmd_demo)
     return parser
 

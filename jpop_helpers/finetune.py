@@ -83,13 +83,13 @@ def finetune_notebook(config: TrainConfig, run_name: str, data_root: str = "", r
     """
     import json
 
-    from .colab import describe_device, workspace
+    from .colab import gpu_check, hf_cache_report, workspace
     from .plots import live_curves
 
     ws = workspace(root=data_root or None, runs=runs_dir or None, use_drive=use_drive)
     run = RunLayout(ws.runs / run_name)
     device = default_device()
-    print(f"data: {ws.root} | run: {run.dir} | {describe_device(device)}")
+    print(gpu_check(device, "training"), hf_cache_report(config.model), f"data: {ws.root} | run: {run.dir}", sep="\n")
     result = run_training(ws.root, run.dir, config, device, callback=live_curves(run_name))
     summary = run_summary(result)
     if result.start_step:

@@ -45,12 +45,12 @@ MODES = ("full", "lora")
 class TrainConfig:
     model: str = "facebook/musicgen-small"  # a pretrained name, a local folder, or "tiny"
     mode: str = "full"  # full: every LM weight trains; lora: adapters only
-    steps: int = 1000  # optimizer steps
+    steps: int = 2000  # optimizer steps
     batch_size: int = 2  # clips per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 4  # micro-batches per optimizer step (a T4 holds ~2 clips of 30 s; 4 x 2 = 8 clips a step)
     lr: float | None = None  # default: 1e-5 full, 1e-4 LoRA
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 100  # 5 % of the steps
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     max_grad_norm: float = 1.0
     max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss or gradient
@@ -62,9 +62,9 @@ class TrainConfig:
     # free Drive), adamw for LoRA (its state is tiny)
     optimizer: str = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)  # used in lora mode
-    eval_every: int = 100  # validation CE/PPL every N steps
+    eval_every: int = 200  # validation CE/PPL every N steps
     max_eval_batches: int | None = None  # None: the whole valid split
-    save_every: int = 100  # checkpoint every N steps
+    save_every: int = 200  # checkpoint every N steps (each is GBs written to Drive for full runs)
     keep_last: int = 1  # checkpoints kept (a new one is complete before the old one goes)
     log_every: int = 10  # a metrics row every N steps
     seed: int = 0

@@ -100,7 +100,7 @@ def tiny_run(tiny_tokens, tmp_path_factory):
     from jpop_helpers.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "tiny-full"
-    cfg = TrainConfig(model="tiny", mode="full", steps=20, batch_size=4, lr=1e-3, warmup_steps=2, eval_every=10,
+    cfg = TrainConfig(model="tiny", mode="full", steps=20, batch_size=4, grad_accum=1, lr=1e-3, warmup_steps=2, eval_every=10,
                       save_every=20)
     train(cfg, run, *tiny_tokens, device="cpu")
     return run

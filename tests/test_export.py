@@ -16,7 +16,7 @@ def test_export_loads_with_musicgen_get_pretrained_and_generates(tiny_tokens, tm
     from jpop_helpers.export import export_run
 
     train_items, valid_items = tiny_tokens
-    cfg = TrainConfig(model="tiny", mode=mode, steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=6,
+    cfg = TrainConfig(model="tiny", mode=mode, steps=6, batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=1, eval_every=6,
                       save_every=6)
     run = train(cfg, tmp_path / "run", train_items, valid_items, device="cpu")
     out = export_run(tmp_path / "run", tmp_path / "export")

@@ -11,7 +11,7 @@ def test_lora_trains_the_adapters_and_leaves_every_base_weight_as_it_was(tiny_to
     base = dict(model.lm.named_parameters())  # the very Parameter objects the loop will hold
     before = {n: p.detach().clone() for n, p in base.items()}
     train_items, _ = tiny_tokens
-    cfg = TrainConfig(model="tiny", mode="lora", steps=4, batch_size=4, lr=3e-3, warmup_steps=1, save_every=4)
+    cfg = TrainConfig(model="tiny", mode="lora", steps=4, batch_size=4, grad_accum=1, lr=3e-3, warmup_steps=1, save_every=4)
     train(cfg, tmp_path / "run", train_items, [], model=model, device="cpu")
     trained = dict(model.lm.named_parameters())  # peft injected its layers into this LM in place
     assert all(any(p is q for q in trained.values()) for p in base.values())  # still the model's weights

@@ -203,7 +203,7 @@ def test_train_export_and_load_export(mode, base, base_ce, items, tmp_path):
     lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
     ce0 = base_ce["ce"]
 
-    config = TrainConfig(model=MUSICGEN_REPO, mode=mode, steps=2, batch_size=2, lr=1e-3 if mode == "full" else 1e-2,
+    config = TrainConfig(model=MUSICGEN_REPO, mode=mode, steps=2, batch_size=2, grad_accum=1, lr=1e-3 if mode == "full" else 1e-2,
                          warmup_steps=1, eval_every=2, save_every=2, log_every=1, seed=0)
     run = tmp_path / f"run-{mode}"
     result = train(config, run, train_items, valid_items, model=model, device="cpu")
@@ -258,7 +258,7 @@ def test_same_seed_same_run(base, items, tmp_path):
     from jpop_helpers.train import TrainConfig, train
 
     train_items, _ = items
-    config = TrainConfig(model=MUSICGEN_REPO, mode="lora", steps=1, batch_size=2, lr=1e-3, warmup_steps=1,
+    config = TrainConfig(model=MUSICGEN_REPO, mode="lora", steps=1, batch_size=2, grad_accum=1, lr=1e-3, warmup_steps=1,
                          cfg_dropout=0.0, log_every=1, seed=0)
     ces = []
     for i in range(2):

@@ -8,7 +8,7 @@ from jpop_helpers.train import TrainConfig, train
 
 
 def tiny_config(mode="full", steps=8, **kw):
-    base = dict(model="tiny", mode=mode, steps=steps, batch_size=4, lr=1e-3 if mode == "full" else 3e-3,
+    base = dict(model="tiny", mode=mode, steps=steps, batch_size=4, grad_accum=1, lr=1e-3 if mode == "full" else 3e-3,
                 warmup_steps=2, eval_every=steps, save_every=steps, log_every=1, cfg_dropout=0.3)
     base.update(kw)
     return TrainConfig(**base)
