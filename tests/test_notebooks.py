@@ -162,6 +162,9 @@ def test_03_and_04_train_resume_and_export_the_tiny_model(data_copy, tmp_path, m
     outputs = cell_outputs(out, "finetune_notebook(")
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     assert f"train ({mode})" in text_of(outputs) and "data: " in text_of(outputs)
+    # before any GPU work: the device, the weights cache, the memory plan and the checkpoints' disk need
+    for line in ("device: cpu", "weights cache: ", "memory plan: ", "checkpoints: ~"):
+        assert line in text_of(outputs), line
     # Re-running the notebook (as after a Colab disconnect) resumes: nothing left to train, and
     # nothing already written is redone (a retrain from scratch would rewrite both checkpoints).
     files = lambda: {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "checkpoints").rglob("*") if p.is_file()}
