@@ -62,15 +62,23 @@ class DownloadResult:
 def read_sources(path: str | Path) -> list[Source]:
     """Parse a sources CSV (columns: artist, source, limit, genre, notes; `#` lines are comments).
 
-    Relative local paths in `source` are resolved against the CSV's folder.
+    UTF-8, with or without the byte-order mark Excel writes ("CSV UTF-8"). Relative local paths in
+    `source` are resolved against the CSV's folder. `limit` is empty (no limit) or a positive number
+    of tracks, online and local alike. A row repeated (same artist and source) is read once.
 
     Raises:
-        ValueError: a row misses its artist or source, or has a non-integer limit (row number named).
+        ValueError: the file is not UTF-8, lists no source, or a row misses its artist or source or
+            has a bad limit (the file and row are named).
     """
     path = Path(path)
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as 'CSV UTF-8' "
+                         "(Excel) or UTF-8 (any editor) and try again") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     rows = list(csv.DictReader(lines))
-    sources = []
+    sources, seen = [], set()
     for i, row in enumerate(rows, start=2):
         artist, src = (row.get("artist") or "").strip(), (row.get("source") or "").strip()
         if not artist or not src:
@@ -79,10 +87,19 @@ def read_sources(path: str | Path) -> list[Source]:
         try:
             limit = int(limit_txt) if limit_txt else None
         except ValueError:
-            raise ValueError(f"{path}: row {i}: limit must be an integer, got {limit_txt!r}") from None
+            raise ValueError(f"{path}: row {i}: limit must be a whole number, got {limit_txt!r}") from None
+        if limit is not None and limit < 1:
+            raise ValueError(f"{path}: row {i}: limit must be at least 1 (leave it empty for no limit), got {limit}")
         if _looks_local(src) and not Path(src).expanduser().is_absolute():
             src = str((path.parent / src).resolve())
+        if (artist, src) in seen:
+            log.warning("%s: row %d repeats %s for %s; read once", path, i, src, artist)
+            continue
+        seen.add((artist, src))
         sources.append(Source(artist, src, limit, (row.get("genre") or "").strip(), (row.get("notes") or "").strip()))
+    if not sources:
+        raise ValueError(f"{path}: no sources listed: add rows 'artist,source[,limit,genre,notes]' "
+                         "(see data_manifest/sources_example.csv)")
     return sources
 
 
@@ -91,15 +108,42 @@ def _looks_local(src: str) -> bool:
 
 
 def _expand_local(src: str, limit: int | None) -> list[str]:
-    """A local file or folder -> sorted file:// URLs of its audio files."""
+    """A local file or folder -> sorted file:// URLs of its audio files.
+
+    Raises (before anything is copied):
+        FileNotFoundError: no such file or folder.
+        ValueError: a file that is not audio by its name (e.g. file:///etc/passwd).
+    """
     p = Path(urllib.parse.unquote(src[7:])) if src.startswith("file://") else Path(src).expanduser()
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
     elif p.exists():
+        if p.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise ValueError(f"{p}: not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
         files = [p]
     else:
         raise FileNotFoundError(f"no such file or folder: {p}")
-    return [f.resolve().as_uri() for f in files[:limit]]
+    return [f.resolve().as_uri() for f in (files if limit is None else files[:limit])]
+
+
+def _non_finite_samples(url: str) -> str | None:
+    """Why a local file would become clicks: NaN or infinite float samples (ffmpeg turns them into
+    full-scale runs); None when its samples are finite or its format holds no floats."""
+    import numpy as np
+    import soundfile as sf
+
+    path = Path(urllib.parse.unquote(url[7:]))
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        return None  # not a soundfile format (mp3, m4a...): integer or decoded samples, nothing to check
+    if info.subtype not in ("FLOAT", "DOUBLE"):
+        return None
+    for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float64", always_2d=True):
+        bad = int((~np.isfinite(block)).sum())
+        if bad:
+            return f"{path}: {bad}+ NaN or infinite samples (they would become clicks); fix or re-export the file"
+    return None
 
 
 def _track_meta_done(layout: DataLayout) -> set[str]:
@@ -262,6 +306,10 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
                     raise ValueError("no audio files found")
                 todo = [u for u in urls if u not in done_local]
                 result.skipped += len(urls) - len(todo)
+                for url, why in [(u, _non_finite_samples(u)) for u in todo]:
+                    if why:
+                        problems.add(urllib.parse.unquote(url), why)
+                        todo.remove(url)
                 opts = base_opts
             else:
                 todo = [source.source]

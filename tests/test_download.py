@@ -74,7 +74,7 @@ def test_download_over_http_uses_the_archive(tmp_path):
 def test_read_sources_names_the_bad_row(tmp_path):
     csv = tmp_path / "s.csv"
     csv.write_text("artist,source,limit\nA,ytsearch2:foo,2\nB,ytsearch2:bar,many\n")
-    with pytest.raises(ValueError, match=r"row 3: limit must be an integer"):
+    with pytest.raises(ValueError, match=r"row 3: limit must be a whole number"):
         read_sources(csv)
     csv.write_text("artist,source\n,ytsearch1:x\n")
     with pytest.raises(ValueError, match="row 2"):
@@ -135,3 +135,57 @@ def test_a_sign_in_wall_is_reported_with_the_cookies_hint_and_the_batch_goes_on(
     assert f"did not accept the cookies in {cookies}" in again.summary()
     with pytest.raises(FileNotFoundError, match="cookies file not found"):
         download(read_sources(csv), tmp_path / "root3", DownloadConfig(cookies_file=str(tmp_path / "nope.txt")))
+
+
+def test_excel_utf8_bom_csv_is_read_and_latin1_is_named(tmp_path):
+    """Excel's 'CSV UTF-8' starts with a byte-order mark: it was refused as 'artist ... required'."""
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("\ufeffartist,source,limit\nYOASOBI,ytsearch2:夜に駆ける,2\n".encode("utf-8"))
+    [src] = read_sources(excel)
+    assert (src.artist, src.source, src.limit) == ("YOASOBI", "ytsearch2:夜に駆ける", 2)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("artist,source\nBeyoncé,ytsearch1:x\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv: not UTF-8.*CSV UTF-8"):
+        read_sources(latin)
+
+
+@pytest.mark.parametrize("text", ["", "artist,source,limit\n", "# only a comment\n"])
+def test_a_sources_file_with_nothing_to_do_says_so(tmp_path, text):
+    """It used to exit 0 with '0 new tracks'."""
+    (tmp_path / "s.csv").write_text(text)
+    with pytest.raises(ValueError, match="no sources listed"):
+        read_sources(tmp_path / "s.csv")
+
+
+def test_limits_have_one_meaning_and_duplicates_are_read_once(tmp_path):
+    """limit -1 used to drop a folder's last file, and 0 meant 'no limit' online but 'nothing' locally."""
+    for bad in ("-1", "0"):
+        (tmp_path / "s.csv").write_text(f"artist,source,limit\nMe,album,{bad}\n")
+        with pytest.raises(ValueError, match="limit must be at least 1 \\(leave it empty for no limit\\)"):
+            read_sources(tmp_path / "s.csv")
+    (tmp_path / "s.csv").write_text("artist,source,limit\nMe,album,\nMe,album,\nYou,album,\n")
+    assert [(s.artist, s.limit) for s in read_sources(tmp_path / "s.csv")] == [("Me", None), ("You", None)]
+
+
+def test_a_non_audio_local_file_is_refused_before_anything_is_copied(tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0")
+    (tmp_path / "s.csv").write_text(f"artist,source\nMe,{secret.as_uri()}\n")
+    result = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
+    assert "not an audio file" in result.problems.summary()
+    assert not [p for p in (tmp_path / "root").rglob("*") if p.is_file() and "passwd" in p.name]  # never copied
+
+
+def test_float_audio_with_nan_samples_is_refused_by_name_not_turned_into_clicks(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    x = (np.sin(np.arange(44100 * 3) / 20) * 0.5).astype(np.float32)
+    x[1000:1100] = np.nan
+    (tmp_path / "album").mkdir()
+    sf.write(tmp_path / "album" / "broken.wav", x, 44100, subtype="FLOAT")
+    sf.write(tmp_path / "album" / "good.wav", np.nan_to_num(x), 44100, subtype="FLOAT")
+    (tmp_path / "s.csv").write_text("artist,source\nMe,album\n")
+    result = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
+    assert [p.name.startswith("good") for p in result.downloaded] == [True]
+    assert "broken.wav" in result.problems.summary() and "NaN or infinite" in result.problems.summary()

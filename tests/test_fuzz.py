@@ -86,3 +86,22 @@ def test_a_hostile_clip_name_writes_nothing_outside_the_root(data_copy, tmp_path
     assert any(it.clip_id == "../../../../escaped" for it in items)  # it is only a key
     assert {p for p in tmp_path.parent.rglob("escaped*")} == before
     assert all(os.path.realpath(p).startswith(os.path.realpath(data_copy)) for p in (data_copy / "tokens").rglob("*"))
+
+
+@FUZZ
+@given(text=st.text(max_size=300), encoding=st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16"]))
+def test_the_sources_parser_returns_sources_or_a_named_error(tmp_path, text, encoding):
+    from jpop_helpers.download import read_sources
+
+    f = tmp_path / "sources.csv"
+    try:
+        f.write_bytes(text.encode(encoding))
+    except UnicodeEncodeError:
+        return
+    before = _tree(tmp_path)
+    try:
+        sources = read_sources(f)
+        assert sources and all(s.artist and s.source and (s.limit is None or s.limit >= 1) for s in sources)
+    except ValueError as e:
+        assert "sources.csv" in str(e)
+    assert _tree(tmp_path) == before  # reading writes nothing
