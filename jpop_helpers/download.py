@@ -208,10 +208,28 @@ class _ProblemLogger:
         self.problems.add(self.source, msg, sign_in_hint(msg, self.cookies_file))
 
 
-def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, config: DownloadConfig):
+def _declared_seconds(url: str) -> float | None:
+    """The duration a local file's header declares (ffprobe), or None when it declares none."""
+    import subprocess
+
+    path = urllib.parse.unquote(url[7:]) if url.startswith("file://") else url
+    try:
+        out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return float(out.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, config: DownloadConfig,
+                   declared: dict[str, float | None] | None = None):
     """A yt-dlp post-processor that runs after ffmpeg: moves the wav into raw/<artist>/ under a safe
     name and writes its info JSON. It runs before yt-dlp records the download archive, so a crash
-    here means the track is fetched again next time, never silently lost."""
+    here means the track is fetched again next time, never silently lost.
+
+    Args:
+        declared: url -> the duration its header declares (local files): a track decoded much
+            shorter (a truncated or damaged file) is kept and reported with what was kept."""
     import soundfile as sf
     from yt_dlp.postprocessor import PostProcessor
     from yt_dlp.utils import PostProcessingError
@@ -250,6 +268,10 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
             }
             write_json(dest.with_suffix(".info.json"), meta)
             result.downloaded.append(dest)
+            expected = (declared or {}).get(meta["url"])
+            if expected and meta["duration"] < expected - max(1.0, 0.02 * expected):
+                result.problems.add(urllib.parse.unquote(meta["url"]), f"truncated or damaged: kept the first "
+                                    f"{meta['duration']:.1f} s of the {expected:.1f} s its header declares ({dest.name})")
             return [], {**info, "filepath": str(dest)}
 
     return Finish()
@@ -310,14 +332,15 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
                     if why:
                         problems.add(urllib.parse.unquote(url), why)
                         todo.remove(url)
+                declared = {u: _declared_seconds(u) for u in todo}
                 opts = base_opts
             else:
-                todo = [source.source]
+                todo, declared = [source.source], {}
                 opts = {**base_opts, "download_archive": str(layout.download_archive)}
                 if source.limit:
                     opts["playlistend"] = source.limit
             with yt_dlp.YoutubeDL(opts) as ydl:
-                ydl.add_post_processor(_make_finisher(layout, source, result, config), when="after_move")
+                ydl.add_post_processor(_make_finisher(layout, source, result, config, declared), when="after_move")
                 for url in progress(todo, desc=source.artist, unit="track", leave=False):
                     logger.source = urllib.parse.unquote(url) if url.startswith("file://") else url
                     n_before, errors_before = len(result.downloaded), logger.errors

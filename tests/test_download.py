@@ -1,6 +1,7 @@
 import functools
 import http.server
 import json
+import shutil
 import threading
 
 import pytest
@@ -189,3 +190,17 @@ def test_float_audio_with_nan_samples_is_refused_by_name_not_turned_into_clicks(
     result = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
     assert [p.name.startswith("good") for p in result.downloaded] == [True]
     assert "broken.wav" in result.problems.summary() and "NaN or infinite" in result.problems.summary()
+
+
+def test_a_truncated_file_is_kept_and_reported_with_what_was_kept(tmp_path):
+    full = ffmpeg_tone(tmp_path / "src" / "whole.flac", 20, 440, codec=["-c:a", "flac"])
+    album = tmp_path / "album"
+    album.mkdir()
+    (album / "cut.flac").write_bytes(full.read_bytes()[: full.stat().st_size // 4])  # a download cut short
+    shutil.copy(full, album / "whole.flac")
+    (tmp_path / "s.csv").write_text("artist,source\nMe,album\n")
+    result = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
+    assert len(result.downloaded) == 2  # both kept
+    summary = result.problems.summary()
+    assert "cut.flac" in summary and "truncated or damaged: kept the first" in summary and "20.0 s" in summary
+    assert "whole.flac" not in summary
