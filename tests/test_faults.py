@@ -1,5 +1,6 @@
-"""Fault injection: a stage killed (SIGKILL, as when Colab drops the runtime) at some point, then run
-again, ends exactly where an uninterrupted run ends, and nothing half-written is ever read.
+"""Fault injection: a stage (download, prepare, token cache + training, evaluation) killed (SIGKILL, as
+when Colab drops the runtime) at some point, then run again, ends exactly where an uninterrupted run
+ends, and nothing half-written is ever read.
 
 Each stage runs as `python -m jpop_helpers <verb>` in a child process; the kill points are fractions
 of the uninterrupted run's wall time. The soak variant, by hand:
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,4 +97,52 @@ def test_training_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_p
         assert not list(run_dir.rglob(".*.tmp*")) and not list(data.rglob(".*.tmp*"))  # no temp file left
         index = json.loads(next((data / "tokens").rglob("index.json")).read_text())
         assert index  # the cache the second run finished is readable
+    assert interrupted, "every kill came after the end: use earlier kill points"
+
+
+def test_download_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_path):
+    """Local sources through yt-dlp (the same path as online ones, file:// URLs)."""
+    src = tmp_path / "src"
+    for artist in sorted((demo_root / "raw").iterdir())[:2]:
+        for wav in sorted(artist.glob("*.wav")):
+            dest = src / artist.name / wav.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(wav.read_bytes())
+    csv = tmp_path / "sources.csv"
+    csv.write_text("artist,source\n" + "".join(f"{a.name},{a}\n" for a in sorted(src.iterdir())))
+    args = lambda root: ["download", "--manifest", str(csv), "--root", str(root)]
+    drop_times = lambda t: {k: (json.dumps({**json.loads(v), "downloaded_at": None}).encode() if k.endswith(".json") else v)
+                            for k, v in t.items()}
+    wall = run(args(tmp_path / "ref"))
+    ref = drop_times(tree(tmp_path / "ref" / "raw"))
+    interrupted = 0
+    for point in POINTS:
+        root = tmp_path / f"killed-{point}"
+        run(args(root), kill_after=wall * point)
+        interrupted += len(list(root.glob("raw/*/*.info.json"))) < len([k for k in ref if k.endswith(".info.json")])
+        run(args(root))
+        assert drop_times(tree(root / "raw")) == ref, point
+    assert interrupted, "every kill came after the end: use earlier kill points"
+
+
+def test_evaluation_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tiny_run, tmp_path):
+    import shutil
+
+    data = copy_prepared(demo_root, tmp_path / "data")
+    args = lambda run_dir: ["evaluate", "--root", str(data), "--run", str(run_dir), "--n-prompts", "2",
+                            "--duration", "1", "--clap-checkpoint", "", "--device", "cpu"]
+    runs = {}
+    for name in ["ref"] + [f"killed-{p}" for p in POINTS]:
+        runs[name] = Path(shutil.copytree(tiny_run, tmp_path / name, ignore=shutil.ignore_patterns("eval")))
+    wall = run(args(runs["ref"]))
+    summary = lambda r: {k: v for k, v in json.loads((r / "eval" / "summary.json").read_text()).items() if k != "run"}
+    interrupted = 0
+    for point in POINTS:
+        run_dir = runs[f"killed-{point}"]
+        run(args(run_dir), kill_after=wall * point)
+        interrupted += not (run_dir / "eval" / "summary.json").exists()
+        run(args(run_dir))
+        assert summary(run_dir)["ce"] == summary(runs["ref"])["ce"] and summary(run_dir)["pair_ids"]
+        gen = lambda r: {str(p.relative_to(r)): p.read_bytes() for p in (r / "eval" / "generated").rglob("*.wav")}
+        assert gen(run_dir) == gen(runs["ref"]), point  # the same clips, none half-written
     assert interrupted, "every kill came after the end: use earlier kill points"
