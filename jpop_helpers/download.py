@@ -180,6 +180,10 @@ def sign_in_hint(message: str, cookies_file: str | None = None) -> str | None:
     return COOKIES_HOWTO
 
 
+# How the machine's own failures read in yt-dlp's and ffmpeg's messages (they arrive as text).
+MACHINE_ERRORS = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system")
+
+
 class _ProblemLogger:
     """yt-dlp logger: errors become problem-report rows naming the source; the rest goes to logging."""
 
@@ -188,6 +192,7 @@ class _ProblemLogger:
         self.cookies_file = cookies_file
         self.source = ""
         self.errors = 0
+        self.machine_errors: list[str] = []  # failures of the machine (disk full, permissions), not of a source
 
     def debug(self, msg):
         if not msg.startswith("[debug] "):
@@ -205,6 +210,8 @@ class _ProblemLogger:
             log.info(msg)
             return
         self.errors += 1
+        if any(m in msg for m in MACHINE_ERRORS):
+            self.machine_errors.append(f"{self.source}: {msg}")
         self.problems.add(self.source, msg, sign_in_hint(msg, self.cookies_file))
 
 
@@ -251,6 +258,16 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
             artist_dir = layout.raw / slugify(source.artist, fallback="artist")
             dest = artist_dir / f"{safe_name(title, key)}{tmp.suffix}"
             artist_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._keep(tmp, dest, info, title)
+            except OSError:
+                # e.g. the disk filled: leave no audio without its info JSON (prepare would take it in)
+                dest.unlink(missing_ok=True)
+                dest.with_suffix(".info.json").unlink(missing_ok=True)
+                raise
+            return [], {**info, "filepath": str(dest)}
+
+        def _keep(self, tmp: Path, dest: Path, info: dict, title: str) -> None:
             shutil.move(str(tmp), dest)
             meta = {
                 "title": title,
@@ -272,7 +289,6 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
             if expected and meta["duration"] < expected - max(1.0, 0.02 * expected):
                 result.problems.add(urllib.parse.unquote(meta["url"]), f"truncated or damaged: kept the first "
                                     f"{meta['duration']:.1f} s of the {expected:.1f} s its header declares ({dest.name})")
-            return [], {**info, "filepath": str(dest)}
 
     return Finish()
 
@@ -350,5 +366,11 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
                         result.skipped += 1  # already in the archive
         except Exception as e:  # one bad source never stops the batch
             problems.add(source.source, f"{type(e).__name__}: {e}", sign_in_hint(str(e), cookies))
+            if any(m in str(e) for m in MACHINE_ERRORS):
+                logger.machine_errors.append(f"{source.source}: {e}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    if logger.machine_errors:  # not the sources' fault: the stage failed; finished tracks are kept
+        raise OSError(f"download: {len(logger.machine_errors)} failure(s) of the machine, not of the sources "
+                      f"(first: {logger.machine_errors[0]}); free space or fix permissions, then re-run: "
+                      f"{len(result.downloaded)} track(s) finished now are kept and will not be fetched again.")
     return result

@@ -204,3 +204,29 @@ def test_a_truncated_file_is_kept_and_reported_with_what_was_kept(tmp_path):
     summary = result.problems.summary()
     assert "cut.flac" in summary and "truncated or damaged: kept the first" in summary and "20.0 s" in summary
     assert "whole.flac" not in summary
+
+
+def test_a_full_disk_fails_the_stage_leaves_no_orphan_and_a_rerun_finishes(tmp_path, monkeypatch):
+    import errno
+
+    import jpop_helpers.download as D
+
+    for i in range(3):
+        ffmpeg_tone(tmp_path / "album" / f"t{i}.mp3", 2, 300 + 100 * i, codec=["-c:a", "libmp3lame"])
+    (tmp_path / "s.csv").write_text("artist,source\nMe,album\n")
+    real_write, calls = D.write_json, {"n": 0}
+
+    def disk_fills_up(path, obj):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, obj)
+
+    monkeypatch.setattr(D, "write_json", disk_fills_up)
+    with pytest.raises(OSError, match=r"failure\(s\) of the machine.*No space left on device.*1 track\(s\) finished"):
+        download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
+    raw = tmp_path / "root" / "raw"
+    assert {p.stem for p in raw.rglob("*.wav")} == {p.name[: -len(".info.json")] for p in raw.rglob("*.info.json")}
+    monkeypatch.setattr(D, "write_json", real_write)
+    again = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
+    assert (len(again.downloaded), again.skipped) == (2, 1) and len(list(raw.rglob("*.wav"))) == 3
