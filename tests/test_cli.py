@@ -137,3 +137,20 @@ def test_plan_cli_refuses_what_cannot_fit_and_prints_what_fits(capsys):
                  "--activation-checkpointing", "off"]) == 1
     err = capsys.readouterr().err
     assert "MemoryError" in err and "Try:" in err
+
+
+def test_every_command_line_in_the_readme_parses():
+    """The README's examples use the options the CLI really has (it is derived from the configs)."""
+    import re
+    import shlex
+
+    from conftest import REPO
+    from jpop_helpers.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    commands = [shlex.split(line.split("#")[0].split("-m jpop_helpers", 1)[1])
+                for block in re.findall(r"```bash\n(.*?)```", readme, re.S)
+                for line in block.replace("\\\n", " ").splitlines() if "-m jpop_helpers" in line]
+    assert len(commands) >= 8
+    for args in commands:
+        build_parser().parse_args(args)  # SystemExit (argparse's error) fails the test
