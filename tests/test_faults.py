@@ -80,8 +80,8 @@ def test_training_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_p
 
     data = copy_prepared(demo_root, tmp_path / "data-ref")
     args = lambda data, run_dir: ["train", "--root", str(data), "--run", str(run_dir), "--model", "tiny",
-                                  "--mode", "full", "--steps", "8", "--batch-size", "4", "--lr", "1e-3",
-                                  "--warmup-steps", "1", "--eval-every", "4", "--save-every", "2",
+                                  "--mode", "full", "--steps", "6", "--batch-size", "4", "--lr", "1e-3",
+                                  "--warmup-steps", "1", "--eval-every", "3", "--save-every", "2",
                                   "--log-every", "1", "--device", "cpu"]
     wall = run(args(data, tmp_path / "ref"))
     curve = lambda r: [(m["step"], m.get("train/ce"), m.get("valid/ce")) for m in read_jsonl(r / "metrics.jsonl")]
@@ -90,7 +90,7 @@ def test_training_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_p
         data = copy_prepared(demo_root, tmp_path / f"data-{point}")
         run_dir = tmp_path / f"killed-{point}"
         run(args(data, run_dir), kill_after=wall * point)
-        interrupted += not (run_dir / "checkpoints" / "ckpt_00000008").exists()  # else the kill came after the end
+        interrupted += not (run_dir / "checkpoints" / "ckpt_00000006").exists()  # else the kill came after the end
         run(args(data, run_dir))
         assert curve(run_dir) == curve(tmp_path / "ref"), point
         a = load_weights(list_checkpoints(tmp_path / "ref" / "checkpoints")[-1])
@@ -131,7 +131,7 @@ def test_evaluation_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tin
     import shutil
 
     data = copy_prepared(demo_root, tmp_path / "data")
-    args = lambda run_dir: ["evaluate", "--root", str(data), "--run", str(run_dir), "--n-prompts", "2",
+    args = lambda run_dir: ["evaluate", "--root", str(data), "--run", str(run_dir), "--n-prompts", "1",
                             "--duration", "1", "--clap-checkpoint", "", "--device", "cpu"]
     runs = {}
     for name in ["ref"] + [f"killed-{p}" for p in POINTS]:
