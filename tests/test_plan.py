@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from jpop_helpers.plan import (PUBLISHED, T4_GIB, Arch, check_disk, checkpoint_gib, estimate, plan_table,
+from jpop_helpers.plan import (PUBLISHED, T4_GIB, check_disk, checkpoint_gib, estimate, plan_table,
                                plan_training, read_arch)
 from jpop_helpers.train import TrainConfig
 
@@ -21,8 +21,6 @@ def test_parameter_counts_match_the_real_models():
 
 
 def test_the_tiny_models_architecture_is_read_from_its_checkpoint():
-    import peft  # noqa: F401
-
     from jpop_helpers.lora import LoraConfig, add_lora
     from jpop_helpers.model import load_musicgen
 
