@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import read_json, write_json
+from .io import discard, read_json, write_json
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"^ckpt_(\d{8})$")
@@ -118,9 +118,7 @@ def remove_checkpoint(path: str | Path) -> None:
     path = Path(path)
     for f in path.iterdir() if path.exists() else []:
         if f.is_file():
-            with open(f, "r+b") as handle:
-                handle.truncate(0)
-            f.unlink()
+            discard(f)
         else:
             shutil.rmtree(f, ignore_errors=True)
     if path.exists():

@@ -44,6 +44,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def discard(path: str | os.PathLike) -> None:
+    """Empty a file, then delete it: on the Google Drive mount a deleted file goes to Drive's Trash,
+    which still counts against the quota, while an emptied one costs nothing there."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    Path(path).unlink()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as UTF-8 JSON (non-ASCII kept readable: Japanese titles stay Japanese), atomically."""
     with atomic_path(path) as tmp:

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load as load_safetensors, save as save_safetensors
 
 from .colab import progress
-from .io import atomic_path, load_audio, read_json, slugify, write_json
+from .io import atomic_path, discard, load_audio, read_json, slugify, write_json
 from .layout import DataLayout
 from .manifest import Clip, split_clips
 from .problems import ProblemLog
@@ -123,13 +123,11 @@ def _read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
 
 
 def _discard(path: Path) -> None:
-    """Empty a file, then delete it (on the Drive mount a deleted file's bytes stay in Drive's Trash)."""
+    """io.discard, where a failure only leaves the file for the next run to remove."""
     try:
-        with open(path, "r+b") as f:
-            f.truncate(0)
-        path.unlink()
+        discard(path)
     except OSError:
-        pass  # the next run tries again
+        pass
 
 
 class _ShardWriter:
