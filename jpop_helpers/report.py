@@ -53,6 +53,9 @@ def _interval(lo: float, hi: float, digits: int = 3) -> str:
     return f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
 
 
+OUTCOME = {1: "better", -1: "worse", 0: "not distinguishable"}
+
+
 def _measures(summary: dict, name: str) -> list[dict]:
     """The genre measures of model `name` vs the base: {measure, outcome (better|worse|unclear), detail}."""
     base = summary["base"]
@@ -61,7 +64,7 @@ def _measures(summary: dict, name: str) -> list[dict]:
     if name in test and base in test:
         d, lo, hi = paired_interval(test[base], test[name])
         s = -_sign(lo, hi)  # lower CE is better
-        out.append({"measure": "held-out genre CE", "outcome": {1: "better", -1: "worse", 0: "unclear"}[s],
+        out.append({"measure": "held-out genre CE", "outcome": OUTCOME[s],
                     "detail": f"CE {d:+.3f} nats vs base, 95 % interval {_interval(lo, hi)} over {len(test[name])} clips"})
     rows = {(r["embedder"], r["model"]): r for r in summary.get("fad", [])}
     for (emb, model), r in rows.items():
@@ -72,16 +75,16 @@ def _measures(summary: dict, name: str) -> list[dict]:
             s = 1 if r["high"] < b["low"] else -1 if r["low"] > b["high"] else 0
         else:
             s = 0
-        label = f"FAD {emb}" + ("" if r.get("comparable") else " (offline fallback embedder)")
+        label = f"FAD {emb}" + ("" if r.get("comparable") or "fallback" in emb else " (not a standard embedder)")
         flag = ", indicative only" if r.get("indicative_only") else ""
-        out.append({"measure": label, "outcome": {1: "better", -1: "worse", 0: "unclear"}[s],
+        out.append({"measure": label, "outcome": OUTCOME[s],
                     "detail": f"{_fmt(r['fad'])} {_interval(r['low'], r['high'])} vs base {_fmt(b['fad'])} "
                               f"{_interval(b['low'], b['high'])}, {r['clips_a']} clips{flag}"})
     clap = summary.get("clap_clips", {})
     if name in clap and base in clap and clap[name]:
         d, lo, hi = paired_interval(clap[base], clap[name])
         s = _sign(lo, hi)  # higher CLAP score is better
-        out.append({"measure": "CLAP score (prompt agreement)", "outcome": {1: "better", -1: "worse", 0: "unclear"}[s],
+        out.append({"measure": "CLAP score (prompt agreement)", "outcome": OUTCOME[s],
                     "detail": f"{d:+.4f} vs base, 95 % interval {_interval(lo, hi, 4)} over {len(clap[name])} clips"})
     return out
 
@@ -120,7 +123,7 @@ def verdict(summary: dict) -> dict:
     result, lines = {"models": {}, "forgot_more": [], "indicative_only": indicative}, []
     for name in tuned:
         ms = _measures(summary, name)
-        counts = {k: sum(m["outcome"] == k for m in ms) for k in ("better", "worse", "unclear")}
+        counts = {k: sum(m["outcome"] == OUTCOME[s] for m in ms) for s, k in ((1, "better"), (-1, "worse"), (0, "unclear"))}
         f, li = _forgetting(summary, name), _listening(summary, name)
         result["models"][name] = {**counts, "of": len(ms), "measures": ms, "forgetting": f, "listening": li}
         line = (f"**{name}** is closer to the held-out genre than the base on {counts['better']} of {len(ms)} "
