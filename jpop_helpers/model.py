@@ -66,7 +66,9 @@ def build_tiny(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     ccfg, lcfg = OmegaConf.create(tiny_compression_cfg()), OmegaConf.create(tiny_lm_cfg())
     codec = builders.get_compression_model(ccfg)
-    codec.quantizer(torch.randn(8, 32, 128), 25)  # k-means init of the codebooks, as the debug model does
+    from .codec_fit import fit_audio, fit_codebooks
+
+    fit_codebooks(codec, fit_audio(seed=seed), seed=seed)  # codes that carry music, not noise (codec_fit.py)
     lm = builders.get_lm_model(lcfg)
     from .io import atomic_path
 
@@ -83,7 +85,7 @@ def default_device() -> str:
 
 
 def tiny_dir() -> Path:
-    return Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen"))
+    return Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen-2"))  # 2: fitted codebooks
 
 
 def resolve_model_name(name: str) -> str:
