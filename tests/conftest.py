@@ -6,6 +6,7 @@ read-only by convention: a test that writes under a data root or a run folder ta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -74,6 +75,31 @@ def demo_root(tmp_path_factory) -> Path:
     assert len(result.downloaded) == 6, result.summary()
     prepare(base / "root", demo_prepare_config())
     return base / "root"
+
+
+@pytest.fixture(scope="session")
+def demo_story(demo_root, tmp_path_factory):
+    """The offline demo's story, small: a base pretrained on the base family (2 songs of each of its 3
+    artists, 25 s each), then fine-tuned full and LoRA on the genre family (`demo_root`), as
+    `python -m jpop_helpers demo` does it. Returns (demo.Story, the story's CE dict from demo.story_ce)."""
+    from jpop_helpers.demo import (DEMO_LR, Story, finetune_both, prepare_family, pretrain_base, story_ce, story_items,
+                                   story_models)
+    from jpop_helpers.train import TrainConfig
+
+    base = tmp_path_factory.mktemp("story")
+    prepare_family(base / "base-family", base / "corpus", "base", demo_prepare_config(), seconds=25, per_artist=2)
+    cfg = TrainConfig(model="tiny", steps=STORY_STEPS, batch_size=4, grad_accum=1, warmup_steps=5,
+                      eval_every=STORY_STEPS, save_every=STORY_STEPS * 10, log_every=STORY_STEPS)
+    pre = dataclasses.replace(cfg, steps=STORY_BASE_STEPS, lr=DEMO_LR["base"], eval_every=STORY_BASE_STEPS,
+                              save_every=STORY_BASE_STEPS)
+    model = pretrain_base(base / "base-family", base / "runs" / "tiny-base", base / "models" / "base", pre)
+    runs = finetune_both(demo_root, base / "runs", model, cfg, DEMO_LR)
+    story = Story(model, runs, demo_root, base / "base-family")
+    models = story_models(story)
+    return story, story_ce(models, *story_items(story, models))
+
+
+STORY_STEPS, STORY_BASE_STEPS = 30, 150  # the demo's ratio of pretraining to fine-tuning steps (5), made short
 
 
 def demo_prepare_config():
