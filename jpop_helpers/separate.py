@@ -13,6 +13,7 @@ repository of pickled `.th` files (which `demucs.pretrained.get_model` tries whe
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -171,6 +172,32 @@ def load_separator(name: str = "htdemucs", device: str | None = None, folder: st
     return model.to(device or default_device()).eval()
 
 
+@contextlib.contextmanager
+def safe_demucs_pretrained(device: str | None = "cpu", folder: str | Path | None = None):
+    """While the block runs, `demucs.pretrained.get_model(name)` loads through `load_separator` (class
+    allowlist first; never the pickled `.th` fallback). For code that calls demucs itself, e.g. the
+    melody conditioner of audiocraft (ChromaStemConditioner: `pretrained.get_model('htdemucs')`):
+
+        with safe_demucs_pretrained():
+            model = MusicGen.get_pretrained("facebook/musicgen-melody")
+    """
+    from demucs import pretrained
+
+    original = pretrained.get_model
+
+    def get_model(name: str, repo: Path | None = None):
+        if repo is not None:
+            raise SeparatorError(f"demucs model repository {repo}: only Hugging Face-format folders load here "
+                                 "(load_separator(folder=...)); legacy .th files are pickles")
+        return load_separator(name.removeprefix("hf://"), device, folder)
+
+    pretrained.get_model = get_model
+    try:
+        yield
+    finally:
+        pretrained.get_model = original
+
+
 # ---------------------------------------------------------------- separating a song
 def _as_stereo(wav: np.ndarray, channels: int) -> np.ndarray:
     """[T] or [C, T] -> [channels, T]: mono is repeated, extra channels dropped (as demucs does)."""
@@ -269,7 +296,8 @@ class StemCache:
     clips, the token cache and checkpoints. Of the four stems only their use is kept: the instrumental
     mix (drums + bass + other), at the clips' sample rate (32 kHz: MusicGen never sees more), in stereo
     (mono clips mix it down; stereo models use both channels), as 16-bit FLAC (exact for 16-bit clips):
-    about 4-5 MB per minute of music, an eighth of the four float32 stems at 44.1 kHz. The vocals are not
+    7.7 MB per minute before compression, ~4-5 after (estimate), against ~85 MB per minute for the four
+    float32 stems at 44.1 kHz. The vocals are not
     kept (clips with vocals, `keep_vocals`, come from the original file); what separation removed is kept
     as numbers in the JSON. Delete the folder to reclaim the space: clips already made stay valid.
 

@@ -324,3 +324,23 @@ def test_match_level_restores_the_mix_level_within_its_limits():
     loud[0, 10] = 0.95  # a peak: the gain stops it at 0.99
     assert match_level(loud, mix) == pytest.approx(0.99 / 0.95)
     assert match_level(np.zeros((2, 100)), mix) == 1.0
+
+
+def test_demucs_own_entry_point_can_be_routed_through_the_checks(demucs_hub, tmp_path, monkeypatch):
+    """audiocraft's melody conditioner calls demucs.pretrained.get_model('htdemucs') itself."""
+    from demucs import pretrained
+
+    from jpop_helpers.separate import SeparatorError, safe_demucs_pretrained
+
+    original = pretrained.get_model
+    with offline_hub(demucs_hub), safe_demucs_pretrained():
+        model = pretrained.get_model("htdemucs")
+        assert model.signatures and not model.training
+    assert pretrained.get_model is original
+    marker = _evil_module(tmp_path, monkeypatch)
+    folder = _crafted(tmp_path / "repo", klass="evil_pkg_jpop.Boom")
+    with safe_demucs_pretrained(folder=folder), pytest.raises(SeparatorError, match="evil_pkg_jpop.Boom"):
+        pretrained.get_model("htdemucs")
+    with safe_demucs_pretrained(), pytest.raises(SeparatorError, match="pickles"):
+        pretrained.get_model("htdemucs", repo=tmp_path)
+    assert not marker.exists() and pretrained.get_model is original
