@@ -183,16 +183,18 @@ def prepare(root: str | Path, config: PrepareConfig | None = None) -> PrepareRes
             for r in record["rows"]:
                 for p in (Path(r["path"]), Path(r["path"]).with_suffix(".json")):
                     _remove_inside(layout.root, p, problems)
+        if unavailable is not None:  # no separator: only the songs already done go on to the manifests
+            continue
         try:
             song_rows, sep = _prepare_song(song, split, layout, config, labeler, stems)
             # paths relative to the root: a moved or copied root still finds (and only touches) its own clips
             write_json(record_path, {"signature": signature, "split": split, "separation": sep,
                                      "rows": [{**r, "path": Path(r["path"]).relative_to(layout.root.resolve()).as_posix()}
                                               for r in song_rows]})
-        except SeparatorUnavailable as e:  # no song can be separated: stop (finished songs are kept)
+        except SeparatorUnavailable as e:  # no song can be separated: finished songs are kept, then it raises
             _remove_song_clips(layout, split, song.song_id)
             unavailable = e
-            break
+            continue
         except Exception as e:  # one bad file never stops the batch; what the song wrote is removed
             _remove_song_clips(layout, split, song.song_id)
             if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:

@@ -291,15 +291,21 @@ def test_a_song_that_fails_separation_is_reported_by_name_and_the_rest_goes_on(d
     assert good.exists()
 
 
-def test_without_the_separator_the_stage_stops_with_the_way_out(tmp_path):
+def test_without_the_separator_the_stage_stops_with_the_way_out_and_keeps_finished_songs(separated_root, tmp_path):
+    import shutil
+
+    from jpop_helpers.layout import DataLayout
     from jpop_helpers.prepare import prepare
     from jpop_helpers.separate import SeparatorUnavailable
 
     root = tmp_path / "root"
-    _song(root / "raw" / "a" / "one.flac", 2.0)
+    shutil.copytree(separated_root[0], root)
+    _song(root / "raw" / "0" / "new.flac", 2.0)  # sorted first: the model is needed before the finished songs
     with pytest.raises(SeparatorUnavailable, match=r"htdemucs.*keep_vocals / --keep-vocals"):
         prepare(root, _config(separator_folder=str(tmp_path / "nowhere")))
-    assert not list((root / "clips").rglob("*.wav")) and (root / "manifests" / "train" / "data.jsonl").exists()
+    listed = DataLayout(root).manifest("train").read_text()
+    assert "a__one_000" in listed and "b__two_000" in listed and "0__new" not in listed
+    assert not (root / "clips" / "train" / "0__new").exists()
 
 
 def test_the_signature_follows_what_changes_the_clips():
