@@ -265,6 +265,9 @@ def test_a_rerun_never_separates_again_and_keep_vocals_uses_the_mix(separated_ro
     assert not row["vocals_removed"] and not any("instrumental" in d.lower() for d in row["descriptions"])
     clip, _ = sf.read(row["path"], dtype="float32")
     np.testing.assert_allclose(clip, load_audio(root / "raw" / "a" / "one.flac", 32000)[: 2 * 32000], atol=2e-4)
+    both = prepare(root, _config(keep_vocals=True, chunk={"channels": 2}))  # stereo clips of the full mix
+    clip, _ = sf.read(next(r["path"] for r in both.rows if r["clip_id"] == "a__one_000"), dtype="float32")
+    np.testing.assert_allclose(clip.T, load_audio(root / "raw" / "a" / "one.flac", 32000, mono=False)[:, : 2 * 32000], atol=2e-4)
 
 
 def test_a_song_that_fails_separation_is_reported_by_name_and_the_rest_goes_on(demucs_hub, tmp_path, monkeypatch):
