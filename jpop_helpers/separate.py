@@ -1,7 +1,8 @@
 """Vocal removal with Demucs (`htdemucs`): load the separator safely, split a song into stems.
 
 MusicGen was trained on music whose vocals HT-Demucs had removed, and it cannot sing; stage 02 feeds it
-the instrumental mix (drums + bass + other) of each song, as audiocraft's own data pipeline did.
+the instrumental mix (drums + bass + other) of each song (its model card: the training music had its
+vocals removed with HT-Demucs).
 
 Loading. demucs 4.1 publishes its models on the Hugging Face hub (`adefossez/HTDemucs`: `htdemucs.yaml`
 listing the model signatures, and one `<sig>.safetensors` per model whose metadata holds the model
