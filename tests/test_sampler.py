@@ -35,7 +35,32 @@ class WordTokenizer:
         return tokens, length_to_mask(torch.tensor([len(w) for w in words]), max_len=width).int()
 
 
-def build_lm(seed=0, words=True, post_norm=False, prepend=False, n_q=4, delays=None, pattern="delay"):
+class EnvelopeMelody:
+    """A 'self_wav' conditioner standing in for ChromaStemConditioner (which needs Demucs): per-frame
+    statistics of the mono melody through audiocraft's WaveformConditioner, whose forward projects and
+    masks them. Melodies of different lengths give prefixes of different lengths."""
+
+    HOP = 1280  # samples per frame: 25 Hz at 32 kHz
+
+    @classmethod
+    def make(cls, dim: int):
+        from audiocraft.modules.conditioners import WaveformConditioner
+
+        class _Envelope(WaveformConditioner):
+            def _downsampling_factor(self):
+                return cls.HOP
+
+            def _get_wav_embedding(self, x):
+                wav = x.wav[:, 0]  # [B, T]
+                frames = max(1, wav.shape[-1] // cls.HOP)
+                w = torch.nn.functional.pad(wav, (0, max(0, frames * cls.HOP - wav.shape[-1])))
+                w = w[:, : frames * cls.HOP].reshape(wav.shape[0], frames, cls.HOP)
+                return torch.stack([w.pow(2).mean(-1).sqrt(), w.mean(-1), w.amax(-1), w.amin(-1)], dim=-1)
+
+        return _Envelope(4, dim, "cpu")
+
+
+def build_lm(seed=0, words=True, post_norm=False, prepend=False, n_q=4, delays=None, pattern="delay", melody=False):
     """A tiny audiocraft LMModel built by audiocraft's builders from jpop_helpers' tiny config."""
     from audiocraft.models import builders
     from omegaconf import OmegaConf
@@ -54,8 +79,12 @@ def build_lm(seed=0, words=True, post_norm=False, prepend=False, n_q=4, delays=N
         tl["cross_attention"] = False
     cfg["codebooks_pattern"] = {"modeling": pattern, "delay": {"delays": delays or list(range(n_q))},
                                 "unroll": {"flattening": list(range(n_q)), "delays": [0] * n_q}}
+    if melody:  # MusicGen-melody's fusing: the melody prepended, the text cross-attended here
+        cfg["fuser"]["prepend"] = ["self_wav"]
     torch.manual_seed(seed)
     lm = builders.get_lm_model(OmegaConf.create(cfg))
+    if melody:
+        lm.condition_provider.conditioners["self_wav"] = EnvelopeMelody.make(lm.dim)
     if words:
         lm.condition_provider.conditioners["description"].tokenizer = WordTokenizer(256 - 1)
     with torch.no_grad():  # audiocraft zeroes attention biases at init: make them matter
@@ -90,6 +119,7 @@ MODELS = {
     "prepend-stereo": lambda: build_lm(prepend=True, n_q=8, delays=[0, 0, 1, 1, 2, 2, 3, 3]),
     "unroll-pattern": lambda: build_lm(pattern="unroll"),
     "lora-adapter": lambda: with_lora(build_lm()),
+    "melody": lambda: build_lm(melody=True),
 }
 _built: dict = {}
 
@@ -101,10 +131,23 @@ def lm(request):
     return _built[request.param]
 
 
-def attributes(prompts):
-    from audiocraft.modules.conditioners import ConditioningAttributes
+def melody_wav(i: int, sample_rate: int = 32000) -> torch.Tensor:
+    """A short two-tone melody [1, T] whose length depends on i (0.3 s to 0.7 s)."""
+    t = torch.arange(int((0.3 + 0.2 * (i % 3)) * sample_rate)) / sample_rate
+    return (0.5 * torch.sin(2 * torch.pi * (220 + 110 * i) * t) * (1 + (t * 4).floor() % 2))[None]
 
-    return [ConditioningAttributes(text={"description": p}) for p in prompts]
+
+def attributes(prompts, lm=None):
+    """ConditioningAttributes as MusicGen._prepare_tokens_and_attributes builds them (text, and a
+    melody per prompt when the LM takes one)."""
+    from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
+
+    attrs = [ConditioningAttributes(text={"description": p}) for p in prompts]
+    if lm is not None and "self_wav" in base(lm).condition_provider.conditioners:
+        for i, a in enumerate(attrs):
+            wav = melody_wav(i + len(a.text["description"]))
+            a.wav["self_wav"] = WavCondition(wav[None], torch.tensor([wav.shape[-1]]), sample_rate=[32000], path=[None])
+    return attrs
 
 
 def base(lm):
@@ -116,10 +159,10 @@ def base(lm):
 def test_greedy_tokens_are_audiocraft_generates(lm, request):
     """Batched, with CFG: every prompt's tokens equal LMModel.generate's for that prompt alone."""
     frames = 4 if "unroll" in request.node.callspec.id else 10  # unrolled: K sequence steps per frame
-    ours = generate_tokens(lm, attributes(PROMPTS), [0, 1, 2], frames, SamplingParams(use_sampling=False, cfg_coef=3.0))
+    ours = generate_tokens(lm, attributes(PROMPTS, lm), [0, 1, 2], frames, SamplingParams(use_sampling=False, cfg_coef=3.0))
     assert ours.shape == (len(PROMPTS), base(lm).num_codebooks, frames)
     for i, prompt in enumerate(PROMPTS):
-        ref = base(lm).generate(None, attributes([prompt]), max_gen_len=frames, use_sampling=False, cfg_coef=3.0)
+        ref = base(lm).generate(None, attributes(PROMPTS, lm)[i : i + 1], max_gen_len=frames, use_sampling=False, cfg_coef=3.0)
         assert torch.equal(ours[i : i + 1], ref), prompt
 
 
@@ -131,10 +174,10 @@ def test_logits_match_audiocraft_for_the_same_prefix_and_conditions(lm):
     b = base(lm)
     frames, cfg_coef = 9, 2.5
     codes = torch.randint(0, b.card, (len(PROMPTS), b.num_codebooks, frames), generator=torch.Generator().manual_seed(3))
-    ours = step_logits(lm, attributes(PROMPTS), codes, cfg_coef)  # [B, K, S - start, card]
+    ours = step_logits(lm, attributes(PROMPTS, lm), codes, cfg_coef)  # [B, K, S - start, card]
     pattern = b.pattern_provider.get_pattern(frames)
     start = pattern.get_first_step_with_timesteps(0)
-    for i, attr in enumerate(attributes(PROMPTS)):
+    for i, attr in enumerate(attributes(PROMPTS, lm)):
         seq, _, _ = pattern.build_pattern_sequence(codes[i : i + 1], b.special_token_id)
         pair = [attr] + ClassifierFreeGuidanceDropout(p=1.0)([attr])
         with torch.no_grad():
