@@ -15,10 +15,11 @@ and ours alike. Baselines may be timed on a shorter clip (--baseline-seconds) to
 lease: their per-step cost grows with the length, so their rate at 10 s is at most the one measured on a
 shorter clip, and the ratio reported is a lower bound.
 
-T4 estimate: our decode step reads the weights and the filled key/value cache once; its time is scaled
-from this device to a T4 by the ratio of device-to-device copy bandwidths (measured here, a T4's
-taken as 240 GB/s, what copies reach on its 320 GB/s), plus a fixed 0.4 ms of graph-launch and small-
-kernel floor per step. An estimate, not a measurement.
+T4 estimate, from our measured per-step cost: a decode step reads the LM's fp16 weights and the filled
+part of the key/value cache (bytes_per_step, counted). The measured step time minus that traffic at
+this device's measured copy bandwidth is the step's fixed cost (kernel latencies, graph launch); on a T4
+the step is estimated as the traffic at 240 GB/s (what copies reach on its 320 GB/s) plus 1.5x that
+fixed cost (its lower clocks). An estimate from this run's measurements, not a T4 measurement.
 
     python bench/generate_speed.py                                  # GPU: small + medium, batch 1 and 8, 10 s
     python bench/generate_speed.py --out bench/results/generate_speed_<gpu>.json
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 ARCH = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "tiny": (64, 2, 4)}
 T4_COPY_GBPS = 240.0
-T4_STEP_FLOOR_S = 0.4e-3
+T4_FIXED_COST_FACTOR = 1.5
 DESCRIPTIONS = ["upbeat j-pop song with bright synths piano and a catchy female vocal chorus",
                 "sad piano ballad with strings and soft male vocals at night",
                 "energetic anime opening theme with electric guitar drums and bass",
@@ -176,6 +177,7 @@ def run_size(size: str, device: str, batches: list[int], seconds: float, baselin
         return go
 
     variants = [("ours", ours, seconds), ("audiocraft", audiocraft, baseline_seconds)]
+    weight_bytes = 2 * sum(p.numel() for n, p in lm.named_parameters() if not n.startswith("condition_provider"))
     hf = None
     if with_hf:
         hf = build_hf(size, device)
@@ -196,6 +198,9 @@ def run_size(size: str, device: str, batches: list[int], seconds: float, baselin
                          "steps": int(secs * rate) + 3, "wall_s": round(dt, 3),
                          "audio_s_per_s": round(b * secs / dt, 3), "ms_per_step": round(1000 * dt / (int(secs * rate) + 3), 3),
                          "peak_gib": None if peak is None else round(peak, 2)})
+            if name == "ours":  # fp16 weights + on average half of the key/value cache [2b rows, 2 x layers]
+                steps = int(secs * rate) + 3
+                rows[-1]["bytes_per_step"] = weight_bytes + 2 * 2 * len(lm.transformer.layers) * 2 * b * (steps / 2) * lm.dim
     del lm, hf
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -210,7 +215,9 @@ def add_ratios_and_t4(rows: list[dict], device_gbps: float) -> None:
             b = [x for x in rows if x["variant"] == base and x["size"] == r["size"] and x["batch"] == r["batch"]]
             if b:
                 r[f"x_vs_{base}"] = round(r["audio_s_per_s"] / b[0]["audio_s_per_s"], 2)
-        t4_step = r["ms_per_step"] / 1000 * device_gbps / T4_COPY_GBPS + T4_STEP_FLOOR_S
+        step = r["ms_per_step"] / 1000
+        fixed = max(0.0, step - r["bytes_per_step"] / (device_gbps * 1e9))
+        t4_step = r["bytes_per_step"] / (T4_COPY_GBPS * 1e9) + T4_FIXED_COST_FACTOR * fixed
         r["t4_estimate_audio_s_per_s"] = round(r["batch"] * r["audio_seconds"] / (t4_step * r["steps"]), 2)
 
 
@@ -231,13 +238,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per clip, ours")
     ap.add_argument("--baseline-seconds", type=float, default=None,
-                    help="audio per clip for the baselines (default: 3 s on a GPU, else --seconds)")
+                    help="audio per clip for the baselines (default: 2 s on a GPU, else --seconds)")
     ap.add_argument("--warmup-seconds", type=float, default=0.2)
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--out", default=None, help="write the results as JSON here (e.g. bench/results/...)")
     a = ap.parse_args(argv)
     sizes = ["tiny"] if a.tiny else a.sizes
-    baseline_seconds = a.baseline_seconds or (min(3.0, a.seconds) if a.device.startswith("cuda") else a.seconds)
+    baseline_seconds = a.baseline_seconds or (min(2.0, a.seconds) if a.device.startswith("cuda") else a.seconds)
     gbps = copy_gbps(a.device)
     rows = []
     for size in sizes:

@@ -359,8 +359,14 @@ class _Generation:
             self.emit(self.logits(out), col, (col - self.start) % NOISE_CHUNK)
             self.col += 1
 
-    def run(self, use_graphs: bool) -> torch.Tensor:
-        """Generate every column; returns the codes [B, K, max_gen_len]."""
+    def run(self, use_graphs: bool, kv_bucket: int | None = None) -> torch.Tensor:
+        """Generate every column; returns the codes [B, K, max_gen_len].
+
+        Args:
+            kv_bucket: the attention reads the cache in windows of this many slots (one CUDA graph per
+                window; default GRAPH_BUCKET with graphs, else exactly the filled slots).
+        """
+        kv_bucket = kv_bucket or (GRAPH_BUCKET if use_graphs else 1)
         self.refill_noise()
         self.prefill()
         graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -369,10 +375,10 @@ class _Generation:
             if (col - self.start) % NOISE_CHUNK == 0:
                 self.refill_noise()
             slot = self.P + col - 1
+            kv_len = min(self.slots, (slot // kv_bucket + 1) * kv_bucket)
             if not use_graphs:
-                self.decode_step(slot + 1)
+                self.decode_step(kv_len)
                 continue
-            kv_len = min(self.slots, (slot // GRAPH_BUCKET + 1) * GRAPH_BUCKET)
             if kv_len not in graphs:
                 graphs[kv_len] = self._capture(kv_len, pool)
             graphs[kv_len].replay()
@@ -401,7 +407,8 @@ class _Generation:
 
 @torch.no_grad()
 def generate_tokens(lm, attributes: list, seeds: list[int], max_gen_len: int, params: SamplingParams | None = None,
-                    autocast_dtype: torch.dtype | None = "auto", cuda_graph: bool | None = None) -> torch.Tensor:
+                    autocast_dtype: torch.dtype | None = "auto", cuda_graph: bool | None = None,
+                    kv_bucket: int | None = None) -> torch.Tensor:
     """Generate codes for a batch of prompts, each with its own seed.
 
     Args:
@@ -412,6 +419,8 @@ def generate_tokens(lm, attributes: list, seeds: list[int], max_gen_len: int, pa
         max_gen_len: frames to generate (duration x the codec's frame rate).
         autocast_dtype: "auto" is what MusicGen.generate does: fp16 autocast on a GPU, none on a CPU.
         cuda_graph: replay the decode step as a CUDA graph (default: on a GPU).
+        kv_bucket: attention window granularity in cache slots (see _Generation.run); masked slots
+            beyond the filled ones change nothing, which the tests check on the CPU with small windows.
     Returns:
         codes [B, K, max_gen_len] (long), as LMModel.generate returns them.
     """
@@ -421,7 +430,7 @@ def generate_tokens(lm, attributes: list, seeds: list[int], max_gen_len: int, pa
         autocast_dtype = torch.float16 if device.type == "cuda" else None
     gen = _Generation(lm, attributes, seeds, max_gen_len, params, autocast_dtype)
     use_graphs = device.type == "cuda" if cuda_graph is None else cuda_graph
-    return gen.run(use_graphs)
+    return gen.run(use_graphs, kv_bucket)
 
 
 @torch.no_grad()
@@ -443,12 +452,4 @@ def step_logits(lm, attributes: list, codes: torch.Tensor, cfg_coef: float = 3.0
     return torch.stack(gen.recorded, dim=2)
 
 
-def kv_cache_bytes(lm, batch: int, max_gen_len: int, bytes_per_value: int = 2) -> int:
-    """Memory of the self-attention cache for `batch` prompts (CFG doubles the rows)."""
-    lm = base_lm(lm)
-    slots = len(lm.pattern_provider.get_pattern(max_gen_len).layout)
-    return 2 * len(lm.transformer.layers) * 2 * batch * slots * lm.dim * bytes_per_value
-
-
-__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm", "kv_cache_bytes",
-           "NOISE_CHUNK"]
+__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm", "NOISE_CHUNK"]

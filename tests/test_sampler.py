@@ -166,6 +166,14 @@ def test_greedy_tokens_are_audiocraft_generates(lm, request):
         assert torch.equal(ours[i : i + 1], ref), prompt
 
 
+def test_attention_windows_wider_than_the_filled_cache_change_nothing(lm):
+    """The GPU path reads the cache in fixed windows (one CUDA graph each), masking unfilled slots."""
+    params = SamplingParams(top_k=20)
+    exact = generate_tokens(lm, attributes(PROMPTS, lm), [5, 6, 7], 6, params)
+    windowed = generate_tokens(lm, attributes(PROMPTS, lm), [5, 6, 7], 6, params, kv_bucket=7)
+    assert torch.equal(exact, windowed)
+
+
 def test_logits_match_audiocraft_for_the_same_prefix_and_conditions(lm):
     """Teacher-forced random codes: the sampler's CFG logits at every step against audiocraft's
     non-streaming forward of the whole pattern sequence (each prompt with its null condition)."""
