@@ -201,9 +201,6 @@ def run_size(size: str, device: str, batches: list[int], seconds: float, baselin
             if name == "ours":  # fp16 weights + on average half of the key/value cache [2b rows, 2 x layers]
                 steps = int(secs * rate) + 3
                 rows[-1]["bytes_per_step"] = weight_bytes + 2 * 2 * len(lm.transformer.layers) * 2 * b * (steps / 2) * lm.dim
-    del lm, hf
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -249,6 +246,8 @@ def main(argv=None) -> dict:
     rows = []
     for size in sizes:
         rows += run_size(size, a.device, a.batches, a.seconds, baseline_seconds, not a.no_transformers, a.warmup_seconds)
+        if a.device.startswith("cuda"):  # this size's models are gone: give their memory back
+            torch.cuda.empty_cache()
     add_ratios_and_t4(rows, gbps)
     import transformers
 

@@ -124,11 +124,15 @@ MODELS = {
 _built: dict = {}
 
 
+def get(name):
+    if name not in _built:
+        _built[name] = MODELS[name]()
+    return _built[name]
+
+
 @pytest.fixture(params=list(MODELS))
 def lm(request):
-    if request.param not in _built:
-        _built[request.param] = MODELS[request.param]()
-    return _built[request.param]
+    return get(request.param)
 
 
 def melody_wav(i: int, sample_rate: int = 32000) -> torch.Tensor:
@@ -166,8 +170,10 @@ def test_greedy_tokens_are_audiocraft_generates(lm, request):
         assert torch.equal(ours[i : i + 1], ref), prompt
 
 
-def test_attention_windows_wider_than_the_filled_cache_change_nothing(lm):
+@pytest.mark.parametrize("name", ["words-postnorm", "prepend-stereo", "melody"])  # with padded rows
+def test_attention_windows_wider_than_the_filled_cache_change_nothing(name):
     """The GPU path reads the cache in fixed windows (one CUDA graph each), masking unfilled slots."""
+    lm = get(name)
     params = SamplingParams(top_k=20)
     exact = generate_tokens(lm, attributes(PROMPTS, lm), [5, 6, 7], 6, params)
     windowed = generate_tokens(lm, attributes(PROMPTS, lm), [5, 6, 7], 6, params, kv_bucket=7)
@@ -239,7 +245,7 @@ def test_top_k_and_top_p_draw_from_audiocraft_support_and_distribution(top_k, to
 
 
 def test_a_prompt_and_seed_give_the_same_clip_whatever_the_batch():
-    lm = _built.get("words-postnorm") or build_lm(post_norm=True)
+    lm = get("words-postnorm")
     params = SamplingParams(top_k=50, temp=1.0)
     frames = 15
     together = generate_tokens(lm, attributes(PROMPTS), [10, 11, 12], frames, params)
