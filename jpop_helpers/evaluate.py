@@ -45,6 +45,7 @@ class EvalConfig:
     batch_size: int = 4
     seed: int = 0
     clap_checkpoint: str | None = "laion/larger_clap_music"  # None: skip CLAP (score and CLAP-FAD)
+    vggish: str | None = "published"  # VGGish-FAD too (MusicGen paper): "published" weights (290 MB, once), a local .pth, or None
     n_boot: int = 200  # bootstrap resamples for the FAD, CE and CLAP intervals
 
 
@@ -122,6 +123,21 @@ def _load_clap(config: EvalConfig, device: str):
         return None, note
 
 
+def _load_vggish(config: EvalConfig, device: str):
+    """(VGGishEmbedder or None, the reason when None)."""
+    if not config.vggish:
+        return None, None
+    from .fad import VGGishEmbedder
+
+    try:
+        return VGGishEmbedder.load(None if config.vggish == "published" else config.vggish, device), None
+    except Exception as e:  # not installed, offline, or a refused file: say so and go on
+        note = f"VGGish not available ({type(e).__name__}: {str(e)[:120]}); VGGish-FAD skipped " \
+               "(needs `pip install torchvggish resampy` and the published weights, downloaded once)"
+        log.warning(note)
+        return None, note
+
+
 def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config: EvalConfig | None = None, *,
                     base: str = "base", codec_name: str = "base", test_items: list[TokenItem] | None = None,
                     forgetting: list[TokenItem] | None = None, embedder=None, clap=None, device: str = "cpu",
@@ -175,12 +191,17 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
     if clap is None:
         clap, clap_note = _load_clap(config, device)
     embedders = [embedder] if embedder is not None else [MelStatsEmbedder()]
+    fad_notes = []
+    if embedder is None:
+        vggish, note = _load_vggish(config, device)
+        embedders = ([vggish] if vggish is not None else []) + embedders
+        fad_notes += [note] if note else []
     clap_rows, clap_clips = [], {}
     if clap is not None:
         from .clap import WINDOW_SECONDS, ClapEmbedder, clap_score
 
         if embedder is None:
-            embedders.insert(0, ClapEmbedder(clap))  # the comparable one first
+            embedders.insert(0, ClapEmbedder(clap))  # the comparable ones first
         for name in models:
             scores = clap_score(clap, [r["prompt"] for r in gen if r["model"] == name], files[name])
             clap_clips[name] = scores
@@ -200,8 +221,8 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
     pairs = ab_pairs(gen, base)
     pair_ids = [p.pair_id for p in pairs]
     summary = {**(info or {}), "base": base, "models": list(models), "ce": rows, "ce_clips": per_clip,
-               "fad": fad_rows, "fad_floor": floors, "clap": clap_rows, "clap_clips": clap_clips,
-               "clap_note": clap_note, "prompts": prompts, "duration": config.duration,
+               "fad": fad_rows, "fad_floor": floors, "fad_notes": fad_notes + ([clap_note] if clap_note else []),
+               "clap": clap_rows, "clap_clips": clap_clips, "clap_note": clap_note, "prompts": prompts, "duration": config.duration,
                "real_clips": len(real_clips), "n_boot": config.n_boot, "pair_ids": pair_ids,
                "ab": ab_summary(out, pair_ids, list(models), base)}
     summary.setdefault("title", out.name)

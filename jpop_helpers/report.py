@@ -215,6 +215,7 @@ def write_report(out: Path, summary: dict) -> Path:
             lines.append(f"| {r['model']} | {r['embedder']} | {_fmt(r['fad'])} | {_interval(r['low'], r['high'])} | "
                          f"{r['clips_a']} | {r['clips_b']} | {r['frames_a']} | {'; '.join(notes)} |")
         lines += ["", "Windows: " + "; ".join(sorted({f"{r['embedder']}: {r['window']}" for r in summary['fad']})), ""]
+        lines += [f"Note: {n}" for n in summary.get("fad_notes", [])] + [""] * bool(summary.get("fad_notes"))
         if "fad" in plots:
             lines += [f"![FAD]({plots['fad']})", ""]
     else:
