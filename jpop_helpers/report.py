@@ -271,6 +271,14 @@ def refresh_report(path: str | Path) -> dict:
     """
     out = _eval_dir(path)
     summary = read_json(out / "summary.json")
+    # an evaluation written before multi-model reports: base vs "finetuned", FAD without intervals
+    summary.setdefault("base", "base")
+    summary.setdefault("models", ["base", "finetuned"])
+    summary.setdefault("out", str(out))
+    for r in summary.get("fad", []):
+        for key in ("low", "high"):
+            r.setdefault(key, float("nan"))
+        r.setdefault("window", "")
     summary["ab"] = ab_summary(out, summary.get("pair_ids", []), summary["models"], summary["base"])
     summary["verdict"] = verdict(summary)
     write_json(out / "summary.json", summary)
