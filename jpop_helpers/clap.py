@@ -3,8 +3,11 @@
 Two uses in stage 05:
 - `clap_score`: cosine similarity between a prompt and the audio generated for it, averaged over
   fixed 10-s windows of the clip (CLAP's input length) instead of one random crop.
-- `ClapEmbedder`: the FAD embedder (one embedding per 10-s window), in place of the weight-free
-  mel-statistics embedder, when the checkpoint is reachable (Colab; cached after the first download).
+- `ClapEmbedder`: the FAD embedder, with the windows of fadtk's `clap-laion-music` (10-s windows every
+  1 s, the last ones zero-padded; audio rounded to 16 bits first), so its FAD compares with the
+  published CLAP-music FAD tables (Gui et al. 2024, which include MusicGen). Same checkpoint family
+  (`laion/larger_clap_music` is transformers' conversion of LAION's music_audioset_epoch_15 weights);
+  the mel front end is transformers' port of LAION's, so expect small differences, not equal digits.
 """
 from __future__ import annotations
 
@@ -55,14 +58,21 @@ class Clap:
             out = out[:-1]
         return out
 
-    @torch.no_grad()
     def audio_embeddings(self, audio: np.ndarray) -> torch.Tensor:
         """Unit-norm embeddings of each window of one clip: [n_windows, D]."""
-        feats = self.feature_extractor(self.windows(audio), sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                       truncation="rand_trunc", padding="repeatpad")  # windows never exceed 10 s
-        feats = {k: v.to(self.device) for k, v in feats.items()}
-        emb = _embedding(self.model.get_audio_features(**feats))
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+        return self.window_embeddings(self.windows(audio))
+
+    @torch.no_grad()
+    def window_embeddings(self, windows: list[np.ndarray], batch_size: int = 16) -> torch.Tensor:
+        """Unit-norm embeddings of 48 kHz windows of at most 10 s each: [len(windows), D]."""
+        out = []
+        for i in range(0, len(windows), batch_size):
+            feats = self.feature_extractor(windows[i : i + batch_size], sampling_rate=SAMPLE_RATE,
+                                           return_tensors="pt", truncation="rand_trunc",
+                                           padding="repeatpad")  # windows never exceed 10 s: no crop
+            feats = {k: v.to(self.device) for k, v in feats.items()}
+            out.append(_embedding(self.model.get_audio_features(**feats)).float())
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
 
     @torch.no_grad()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
@@ -84,16 +94,32 @@ def clap_score(clap: Clap, prompts: list[str], files: list[str]) -> list[float]:
     return scores
 
 
+def fad_windows(audio: np.ndarray, hop_seconds: float = 1.0) -> list[np.ndarray]:
+    """fadtk's clap-laion-music windows of a 48 kHz clip [T]: 10 s long, starting every `hop_seconds`
+    up to the clip's end, zero-padded to 10 s; samples rounded to 16 bits first, as fadtk does."""
+    audio = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0
+    w, hop = int(WINDOW_SECONDS * SAMPLE_RATE), int(hop_seconds * SAMPLE_RATE)
+    return [np.pad(audio[i : i + w], (0, w - len(audio[i : i + w]))) for i in range(0, max(len(audio), 1), hop)]
+
+
 @dataclass
 class ClapEmbedder:
-    """FAD embedder: one CLAP embedding per 10-s window (the fad.Embedder protocol)."""
+    """FAD embedder (the fad.Embedder protocol): one CLAP embedding per fadtk window (`fad_windows`)."""
 
     clap: Clap
+    hop_seconds: float = 1.0
     sample_rate: int = SAMPLE_RATE
+    comparable: bool = True
 
     @property
     def name(self) -> str:
         return f"clap:{self.clap.name}"
 
+    @property
+    def window(self) -> str:
+        return (f"10-s windows every {self.hop_seconds:g} s, zero-padded, 48 kHz, 16-bit rounded "
+                "(fadtk clap-laion-music)")
+
     def embed(self, audio: np.ndarray) -> np.ndarray:
-        return self.clap.audio_embeddings(audio).numpy().astype(np.float64)
+        """audio: 48 kHz [T] -> [n_windows, D] unit-norm CLAP embeddings."""
+        return self.clap.window_embeddings(fad_windows(audio, self.hop_seconds)).numpy().astype(np.float64)

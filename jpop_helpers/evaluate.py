@@ -1,14 +1,19 @@
-"""Stage 05: did fine-tuning help? Held-out CE/perplexity, forgetting, FAD, generation, listening.
+"""Stage 05: did fine-tuning help? Held-out CE/perplexity, forgetting, FAD, CLAP, listening.
 
-Everything is measured for the base model and the fine-tuned run side by side, with the sample sizes
-behind each number, and written to <run>/eval/ (tables as CSV, plots as PNG, report.md).
+Any number of models are measured side by side against one base (the CLI and notebook 05: the base and
+one run; the offline demo: the base, a full and a LoRA fine-tune), with the sample sizes and
+uncertainty behind each number, and written to one folder (tables as CSV, plots as PNG, report.md).
 - CE/PPL: the training loop's own loss (loss.evaluate_ce) on the test split (songs never trained on);
-  perplexity = exp(mean CE) over valid tokens.
-- Forgetting: the same metrics on clips outside the genre (any folder of audio; captions from a
-  sidecar .json when present, else the folder's genre prompt).
-- FAD: generated clips of each model against held-out real test clips, through a pluggable embedder.
-- Listening: pairs for the blind A/B test (listen.py) and, when judgments exist, their summary.
-The report itself is written by report.py.
+  perplexity = exp(mean CE) over valid tokens; per-clip CE too, for paired intervals of differences.
+- Forgetting: the same metrics on held-out audio of another family (a token set, or any folder of
+  audio; captions from a sidecar .json when present, else the folder's genre prompt).
+- Generation: the same prompts and seeds for every model (generate.py), so every metric below is
+  computed on the same prompts for every model.
+- FAD: each model's clips against the held-out real test clips cut to the same length, per embedder,
+  with a bootstrap interval, the clip counts, and the floor (two halves of the real clips).
+- CLAP score: prompt vs clip, averaged over fixed 10-s windows (clap.py).
+- Listening: pairs (base vs each model) for the blind A/B test (listen.py) and, when judgments exist,
+  their summary. The report itself, opening with a verdict, is written by report.py.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, write_json
 from .loss import evaluate_ce
 from .manifest import read_sidecar, split_clips
 from .problems import ProblemLog
-from .report import ab_summary, write_report
+from .report import ab_summary, verdict, write_report
 from .runs import RunLayout, load_run_lm
 from .tokens import TokenItem, encode_audio
 
@@ -32,14 +37,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     base: str | None = None  # base model name; default: the run's own base
-    n_prompts: int = 8  # test-split captions to generate from
+    n_prompts: int = 50  # generated clips per model (test captions, cycled with new seeds when fewer); FAD wants >= 50
     user_prompts: list[str] = field(default_factory=list)
-    duration: float = 10.0  # seconds per generated clip
+    duration: float = 10.0  # seconds per generated clip; real clips are cut to it for FAD
     other_genre_dir: str | None = None  # folder of out-of-genre audio for the forgetting check
     other_genre_prompt: str = "music"  # their caption when they have no sidecar
     batch_size: int = 4
     seed: int = 0
     clap_checkpoint: str | None = "laion/larger_clap_music"  # None: skip CLAP (score and CLAP-FAD)
+    vggish: str | None = "published"  # VGGish-FAD too (MusicGen paper): "published" weights (290 MB, once), a local .pth, or None
+    n_boot: int = 200  # bootstrap resamples for the FAD, CE and CLAP intervals
 
 
 def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0,
@@ -71,8 +78,14 @@ def folder_items(model, folder: str | Path, prompt: str, seconds: float = 30.0,
     return items
 
 
-def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, device: str) -> list[dict]:
-    """CE/PPL of every model on the same clips, at the same precision (the autocast training uses)."""
+def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, device: str,
+            per_clip: dict | None = None) -> list[dict]:
+    """CE/PPL of every model on the same clips, at the same precision (the autocast training uses).
+
+    Args:
+        per_clip: when given, filled with model -> [CE of each clip] (mean over codebooks), in `items`
+            order, for paired intervals of the difference between two models.
+    """
     from .precision import choose_precision
 
     dtype = choose_precision("auto", device)
@@ -80,97 +93,190 @@ def ce_rows(models: dict, items: list[TokenItem], split: str, batch_size: int, d
     for name, model in models.items():
         r = evaluate_ce(model.lm, items, batch_size, device, dtype, split=split)
         rows.append({"split": split, "model": name, "clips": len(items), **r})
+        if per_clip is not None:
+            per_clip[name] = [evaluate_ce(model.lm, [it], 1, device, dtype, split=split)["ce"] for it in items]
     return rows
 
 
-def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | None = None, embedder=None,
-                 device: str = "cpu", clap=None) -> dict:
-    """Evaluate a run against its base model; writes <run>/eval/ and returns the summary dict.
+def generation_prompts(root: str | Path, config: EvalConfig) -> list[str]:
+    """`config.n_prompts` test-split captions (distinct first, then cycled: prompt i gets seed + i, so a
+    repeated caption makes a new clip) followed by the user's prompts."""
+    from .generate import test_prompts
+
+    captions = test_prompts(root, config.n_prompts, config.seed)
+    cycled = [captions[i % len(captions)] for i in range(config.n_prompts)] if captions else []
+    return cycled + list(config.user_prompts)
+
+
+def _load_clap(config: EvalConfig, device: str):
+    """(Clap or None, the reason when None)."""
+    if not config.clap_checkpoint:
+        return None, "CLAP skipped (no checkpoint configured): CLAP score and CLAP-FAD not computed"
+    from .clap import Clap
+
+    try:
+        return Clap.load(config.clap_checkpoint, device), None
+    except Exception as e:  # offline, or the hub unreachable: say so and go on
+        note = f"CLAP checkpoint {config.clap_checkpoint} not available ({type(e).__name__}); " \
+               "CLAP score and CLAP-FAD skipped"
+        log.warning(note)
+        return None, note
+
+
+def _load_vggish(config: EvalConfig, device: str):
+    """(VGGishEmbedder or None, the reason when None)."""
+    if not config.vggish:
+        return None, None
+    from .fad import VGGishEmbedder
+
+    try:
+        return VGGishEmbedder.load(None if config.vggish == "published" else config.vggish, device), None
+    except Exception as e:  # not installed, offline, or a refused file: say so and go on
+        note = f"VGGish not available ({type(e).__name__}: {str(e)[:120]}); VGGish-FAD skipped " \
+               "(needs `pip install torchvggish resampy` and the published weights, downloaded once)"
+        log.warning(note)
+        return None, note
+
+
+def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config: EvalConfig | None = None, *,
+                    base: str = "base", codec_name: str = "base", test_items: list[TokenItem] | None = None,
+                    forgetting: list[TokenItem] | None = None, embedder=None, clap=None, device: str = "cpu",
+                    info: dict | None = None) -> dict:
+    """Evaluate any number of models against one base; writes `out_dir` and returns the summary dict.
 
     Args:
-        embedder: the FAD embedder; default: CLAP when reachable, else the weight-free MelStatsEmbedder.
+        root: the prepared data root whose test split is the held-out genre (CE, prompts, real clips).
+        models: name -> audiocraft MusicGen, `base` included; all share the base's codec.
+        codec_name: the token cache folder of the test split (<root>/tokens/<codec_name>/test).
+        test_items: the encoded test split, when the caller has it; default: encoded (cached) here.
+        forgetting: held-out audio of another family, encoded: its CE/PPL per model is the forgetting
+            check (split "other_genre"); default: `config.other_genre_dir` encoded, when set.
+        embedder: the FAD embedder; default: the weight-free fallback, plus CLAP when it is loaded.
         clap: a loaded clap.Clap; default: loaded from `config.clap_checkpoint` (skipped, with the
             reason in the report, when it cannot be reached).
+        info: extra keys for the summary and the report's title ("title", "run", "mode", "base_model").
+    Returns:
+        the summary (also <out>/summary.json) with "pairs" (listen.Pair, for the A/B widget) added.
     """
     import pandas as pd
 
-    from .fad import MelStatsEmbedder, fad
-    from .generate import GenerateConfig, generate_set, test_prompts
-    from .model import load_musicgen
-    from .plots import save_training_curves
+    from .fad import MelStatsEmbedder, embed_clips, fad_floor, fad_of_embeddings
+    from .generate import GenerateConfig, generate_set
     from .tokens import encode_split
 
     config = config or EvalConfig()
-    run = RunLayout(run_dir)
-    out = run.eval
+    if base not in models:
+        raise KeyError(f"the base model {base!r} is not among the models {sorted(models)}")
+    models = {base: models[base], **{k: v for k, v in models.items() if k != base}}  # the base first
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tuned, run_cfg = load_run_lm(run_dir, device)
-    base_name = config.base or run_cfg["model"]
-    base = load_musicgen(base_name, device)
-    models = {"base": base, "finetuned": tuned}
-    test_items = encode_split(base, root, "test", base_name)
-
-    rows = ce_rows(models, test_items, "test", config.batch_size, device)
-    if config.other_genre_dir:
-        other = folder_items(base, config.other_genre_dir, config.other_genre_prompt,
-                             problems=ProblemLog.for_stage(root, "evaluate"))
-        rows += ce_rows(models, other, "other_genre", config.batch_size, device)
-    ce = pd.DataFrame(rows)
+    problems = ProblemLog.for_stage(root, "evaluate")
+    if test_items is None:
+        test_items = encode_split(models[base], root, "test", codec_name)
+    per_clip: dict = {"test": {}}
+    rows = ce_rows(models, test_items, "test", config.batch_size, device, per_clip["test"])
+    if forgetting is None and config.other_genre_dir:
+        forgetting = folder_items(models[base], config.other_genre_dir, config.other_genre_prompt, problems=problems)
+    if forgetting:
+        per_clip["other_genre"] = {}
+        rows += ce_rows(models, forgetting, "other_genre", config.batch_size, device, per_clip["other_genre"])
     with atomic_path(out / "ce_ppl.csv") as tmp:
-        ce.to_csv(tmp, index=False)
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    prompts = test_prompts(root, config.n_prompts, config.seed) + list(config.user_prompts)
+    prompts = generation_prompts(root, config)
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
-    real = [str(c.path) for c in split_clips(root, "test", ProblemLog.for_stage(root, "evaluate"))]
+    files = {name: [r["path"] for r in gen if r["model"] == name] for name in models}  # same prompts, same order
+    real_clips = split_clips(root, "test", problems)
     clap_note = None
-    if clap is None and config.clap_checkpoint:
-        from .clap import Clap
-
-        try:
-            clap = Clap.load(config.clap_checkpoint, device)
-        except Exception as e:  # offline, or the hub unreachable: say so and go on
-            clap_note = f"CLAP checkpoint {config.clap_checkpoint} not available ({type(e).__name__}); " \
-                        "CLAP score and CLAP-FAD skipped"
-            log.warning(clap_note)
+    if clap is None:
+        clap, clap_note = _load_clap(config, device)
     embedders = [embedder] if embedder is not None else [MelStatsEmbedder()]
-    clap_rows = []
+    fad_notes = []
+    if embedder is None:
+        vggish, note = _load_vggish(config, device)
+        embedders = ([vggish] if vggish is not None else []) + embedders
+        fad_notes += [note] if note else []
+    clap_rows, clap_clips = [], {}
     if clap is not None:
-        from .clap import ClapEmbedder, clap_score
+        from .clap import WINDOW_SECONDS, ClapEmbedder, clap_score
 
         if embedder is None:
-            embedders.append(ClapEmbedder(clap))
+            embedders.insert(0, ClapEmbedder(clap))  # the comparable ones first
         for name in models:
-            sel = [r for r in gen if r["model"] == name]
-            scores = clap_score(clap, [r["prompt"] for r in sel], [r["path"] for r in sel])
+            scores = clap_score(clap, [r["prompt"] for r in gen if r["model"] == name], files[name])
+            clap_clips[name] = scores
             clap_rows.append({"model": name, "clap_score": float(sum(scores) / len(scores)) if scores else float("nan"),
-                              "clips": len(scores), "checkpoint": clap.name})
-    fad_rows = []
-    for emb in embedders:
-        for name in models:
-            files = [r["path"] for r in gen if r["model"] == name]
-            if files and real:
-                fad_rows.append({"model": name, **fad(emb, files, real)})
-    pairs = ab_pairs(gen)
-    ab = ab_summary(run.dir, [p.pair_id for p in pairs])
-    curves = save_training_curves(run_dir) if run.metrics.exists() else None
-    summary = {"run": str(run.dir), "base_model": base_name, "mode": run_cfg["mode"], "ce": rows, "fad": fad_rows,
-               "clap": clap_rows, "clap_note": clap_note, "prompts": prompts, "ab": ab,
-               "pair_ids": [p.pair_id for p in pairs],
-               "curves": str(curves) if curves else None}
+                              "clips": len(scores), "checkpoint": clap.name,
+                              "window": f"consecutive {WINDOW_SECONDS:g}-s windows, mean cosine"})
+    fad_rows, floors = [], []
+    if real_clips and prompts:
+        for emb in embedders:
+            meta = {"embedder": emb.name, "window": getattr(emb, "window", ""),
+                    "comparable": bool(getattr(emb, "comparable", False))}
+            ref = embed_clips(emb, [c.path for c in real_clips], seconds=config.duration)
+            floors.append({**meta, **fad_floor(ref, [c.song_id for c in real_clips], config.n_boot, config.seed)})
+            for name in models:
+                row = fad_of_embeddings(embed_clips(emb, files[name]), ref, config.n_boot, config.seed)
+                fad_rows.append({"model": name, **meta, **row})
+    pairs = ab_pairs(gen, base)
+    pair_ids = [p.pair_id for p in pairs]
+    summary = {**(info or {}), "base": base, "models": list(models), "ce": rows, "ce_clips": per_clip,
+               "fad": fad_rows, "fad_floor": floors, "fad_notes": fad_notes + ([clap_note] if clap_note else []),
+               "clap": clap_rows, "clap_clips": clap_clips, "clap_note": clap_note, "prompts": prompts, "duration": config.duration,
+               "real_clips": len(real_clips), "n_boot": config.n_boot, "pair_ids": pair_ids,
+               "ab": ab_summary(out, pair_ids, list(models), base)}
+    summary.setdefault("title", out.name)
+    summary["out"] = str(out)
+    summary["verdict"] = verdict(summary)
     write_json(out / "summary.json", summary)
     write_report(out, summary)
     summary["pairs"] = pairs
     return summary
 
 
-def ab_pairs(generated: list[dict]):
-    """One listening pair per prompt (its clips by both models). A pair's id names its clips, so a
-    judgment of older clips (before more training, or of another prompt) never counts for new ones."""
+def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | None = None, embedder=None,
+                 device: str = "cpu", clap=None, others: dict | None = None) -> dict:
+    """Evaluate a run ("finetuned") against its base model; writes <run>/eval/ and returns the summary.
+
+    Args:
+        embedder, clap: see `evaluate_models`.
+        others: more runs to compare alongside, name -> run folder (same base model).
+    """
+    from .model import load_musicgen
+
+    config = config or EvalConfig()
+    run = RunLayout(run_dir)
+    tuned, run_cfg = load_run_lm(run_dir, device)
+    base_name = config.base or run_cfg["model"]
+    models = {"base": load_musicgen(base_name, device), "finetuned": tuned}
+    for name, other in (others or {}).items():
+        models[name] = load_run_lm(other, device)[0]
+    curves = None
+    if run.metrics.exists():
+        from .plots import save_training_curves
+
+        curves = str(save_training_curves(run_dir))
+    info = {"title": f"`{run.dir.name}`", "run": str(run.dir), "base_model": base_name, "mode": run_cfg["mode"],
+            "curves": curves}
+    return evaluate_models(root, run.eval, models, config, base="base", codec_name=base_name, embedder=embedder,
+                           clap=clap, device=device, info=info)
+
+
+def ab_pairs(generated: list[dict], base: str = "base"):
+    """One listening pair per prompt and compared model (its clip vs the base's clip). A pair's id names
+    its clips, so a judgment of older clips (before more training, or of another prompt) never counts
+    for new ones."""
     from .io import short_hash
     from .listen import Pair
 
-    by_prompt: dict[str, list[dict]] = {}
+    by_prompt: dict[str, dict[str, dict]] = {}
     for r in generated:
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    return [Pair(f"{pid}-{short_hash('|'.join(sorted(r['path'] for r in rs)))}", rs[0]["prompt"], rs[0]["seed"],
-                 {r["model"]: r["path"] for r in rs}) for pid, rs in sorted(by_prompt.items())]
+        by_prompt.setdefault(r["prompt_id"], {})[r["model"]] = r
+    pairs = []
+    for pid, rs in sorted(by_prompt.items()):
+        for name, r in rs.items():
+            if name == base or base not in rs:
+                continue
+            two = {base: rs[base]["path"], name: r["path"]}
+            pairs.append(Pair(f"{pid}-{short_hash('|'.join(sorted(two.values())))}", r["prompt"], r["seed"], two))
+    return pairs

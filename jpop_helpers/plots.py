@@ -131,3 +131,84 @@ def live_curves(title: str = ""):
             handle.update(image)
 
     return show
+
+
+def eval_figures(summary: dict) -> dict:
+    """The evaluation's figures from its summary: name -> matplotlib Figure.
+
+    ce_per_codebook: CE per codebook as grouped bars, one panel per split (test, other_genre).
+    fad: each model's FAD with its 95 % bootstrap interval, one panel per embedder, the floor (real
+        half vs half) as a shaded band. ab: A/B win rate of each model vs the base with its Wilson 95 %
+        interval (only once judgments exist).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figs = {}
+    models = summary["models"]
+    splits = list(dict.fromkeys(r["split"] for r in summary["ce"]))
+    if splits:
+        fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+        for ax, split in zip(axes[0], splits):
+            rows = {r["model"]: r for r in summary["ce"] if r["split"] == split}
+            k = max(int(key[4:]) for r in rows.values() for key in r if key.startswith("ce_q"))
+            width = 0.8 / max(len(rows), 1)
+            for j, m in enumerate(m for m in models if m in rows):
+                ax.bar(np.arange(k) + j * width, [rows[m][f"ce_q{i + 1}"] for i in range(k)], width, label=m)
+            ax.set_xticks(np.arange(k) + width * (len(rows) - 1) / 2, [f"q{i + 1}" for i in range(k)])
+            ax.set(title=f"{split}: CE per codebook (lower is better)", xlabel="codebook", ylabel="CE (nats)")
+            ax.legend()
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        figs["ce_per_codebook"] = fig
+    embedders = list(dict.fromkeys(r["embedder"] for r in summary.get("fad", [])))
+    if embedders:
+        fig, axes = plt.subplots(1, len(embedders), figsize=(5 * len(embedders), 4), squeeze=False)
+        for ax, emb in zip(axes[0], embedders):
+            rows = [r for r in summary["fad"] if r["embedder"] == emb]
+            x = np.arange(len(rows))
+            val = np.array([r["fad"] for r in rows], dtype=float)
+            lo = np.array([r["low"] for r in rows], dtype=float)
+            hi = np.array([r["high"] for r in rows], dtype=float)
+            err = np.nan_to_num(np.vstack([val - lo, hi - val]).clip(min=0))
+            ax.errorbar(x, val, yerr=err, fmt="o", capsize=6)
+            for floor in (f for f in summary.get("fad_floor", []) if f["embedder"] == emb):
+                ax.axhline(floor["fad"], color="grey", ls="--", label="floor: real half vs half")
+                if np.isfinite(floor["low"]) and np.isfinite(floor["high"]):
+                    ax.axhspan(floor["low"], floor["high"], color="grey", alpha=0.2)
+                ax.legend()
+            ax.set_xticks(x, [f"{r['model']}\n({r['clips_a']} clips)" for r in rows])
+            flag = " - indicative only" if any(r.get("indicative_only") for r in rows) else ""
+            ax.set(title=f"FAD, {emb}{flag}", ylabel="FAD (lower is closer to the real clips)")
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        figs["fad"] = fig
+    judged = [ab for ab in summary.get("ab") or [] if ab["decisive"]]
+    if judged:
+        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(judged), 4))
+        rate = np.array([ab["win_rate"] for ab in judged])
+        err = np.vstack([rate - [ab["wilson95_low"] for ab in judged], [ab["wilson95_high"] for ab in judged] - rate])
+        ax.bar(range(len(judged)), rate, yerr=err, capsize=8, color="#55a868")
+        ax.axhline(0.5, color="grey", ls="--", label="no preference")
+        ax.set_xticks(range(len(judged)), [f"{ab['model']} vs {ab['other']}\n(n={ab['decisive']})" for ab in judged])
+        ax.set(ylim=(0, 1), ylabel="win rate (Wilson 95 % interval)", title="blind A/B listening")
+        ax.legend()
+        fig.tight_layout()
+        figs["ab"] = fig
+    return figs
+
+
+def save_eval_plots(out: str | Path, summary: dict) -> list[Path]:
+    """Write <out>/ce_per_codebook.png, fad.png and (with judgments) ab.png; returns the written paths."""
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    paths = []
+    for name, fig in eval_figures(summary).items():
+        path = Path(out) / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        paths.append(path)
+    return paths
