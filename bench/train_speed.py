@@ -264,8 +264,9 @@ def main() -> None:
                 r.update(activation_checkpointing=job.get("act_ckpt", False), error=f"{type(e).__name__}: {str(e)[:300]}")
                 if a.device.startswith("cuda"):
                     torch.cuda.empty_cache()
+            # ours keeps T5 off the GPU (its outputs are cached): no text-encoder term in its plan
             r["plan_gib"] = plan_estimate(job["size"], job["mode"], job["batch"], a.seconds, job.get("act_ckpt", False),
-                                          t5 is not None)
+                                          t5 is not None and job["variant"] == "baseline")
             rows.append(r)
             print(json.dumps(r), flush=True)
             report = summarise(rows, a.device, started)
