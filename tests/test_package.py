@@ -10,7 +10,7 @@ LAYERS = [
     {"io", "layout", "colab", "cliargs", "install", "listen", "precision", "optim", "distributed", "chunking", "lora"},
     {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model", "separate", "sampler"},
     {"manifest", "download"},
-    {"tokens", "prepare", "plan"},
+    {"tokens", "prepare", "plan", "conditions"},
     {"batches", "runs"},
     {"loss", "plots"},
     {"train"},
