@@ -206,30 +206,20 @@ def write_tiny_demucs(folder: str | Path, seed: int = 0) -> Path:
 @contextlib.contextmanager
 def demucs_from(model_folder: str | Path | None = None):
     """While building a MusicGen: audiocraft's melody conditioner gets its Demucs from
-    `separate.load_separator`, from `<model_folder>/demucs/` when the folder has one (the bundled
-    tiny-melody and its exports), else from the Hugging Face hub as demucs 4.1 names it.
+    `separate.load_separator` (separate.safe_demucs_pretrained), from `<model_folder>/demucs/` when
+    the folder has one (the bundled tiny-melody and its exports), else from the Hugging Face hub as
+    demucs 4.1 names it.
 
     ChromaStemConditioner calls `demucs.pretrained.get_model('htdemucs')` in its constructor; demucs
     would fall back to its legacy repository of pickled checkpoints when the hub fails, and would
-    import whatever class a hub file names: load_separator does neither.
+    import whatever class a hub file names: load_separator does neither. The conditioner moves the
+    model to its own device.
     """
-    from demucs import pretrained
-
-    from .separate import load_separator
+    from .separate import safe_demucs_pretrained
 
     local = Path(model_folder) / DEMUCS_DIR if model_folder is not None else None
-    local = local if local is not None and local.is_dir() else None
-    original = pretrained.get_model
-
-    def get_model(name: str, repo=None):
-        # the conditioner moves the model to its own device right after
-        return load_separator(name, device="cpu", folder=local if repo is None else repo)
-
-    pretrained.get_model = get_model
-    try:
+    with safe_demucs_pretrained("cpu", local if local is not None and local.is_dir() else None):
         yield
-    finally:
-        pretrained.get_model = original
 
 
 def checkpoint_files(name: str) -> tuple[Path, Path]:
