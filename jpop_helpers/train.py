@@ -30,7 +30,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from .batches import batch_indices, collate, step_texts
+from .batches import batch_indices, collate, step_conditions
 from .checkpoint import (SHARDED, latest_checkpoint, load_sharded, load_state, load_weights, rng_state,
                          save_checkpoint, save_sharded, set_rng_state)
 from .colab import progress
@@ -40,6 +40,7 @@ from .distributed import (PARALLEL, barrier, dist_info, gathered, grad_sync, ini
 from .io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from .lora import LoraConfig, adapter_state, add_lora, load_adapter_state
 from .loss import LMLoss, evaluate_ce
+from .melody import melody_dropout
 from .optim import OPTIMIZERS, make_optimizer, step_if_finite, warmup_cosine
 from .precision import PRECISIONS, choose_precision
 from .runs import RunLayout
@@ -54,7 +55,7 @@ COMPILE_BACKEND = "inductor"  # torch.compile's backend for `compile` (tests use
 
 @dataclass
 class TrainConfig:
-    model: str = "facebook/musicgen-small"  # a pretrained name, a local folder, or "tiny"
+    model: str = "facebook/musicgen-small"  # a pretrained name, a local folder, or a bundled offline model: tiny, tiny-melody, tiny-stereo
     mode: str = "full"  # full: every LM weight trains; lora: adapters only
     steps: int = 2000  # optimizer steps
     batch_size: int = 2  # clips per micro-batch
@@ -271,6 +272,7 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     model = model or load_musicgen(config.model, device)
     lm = model.lm.to(device)
     model.compression_model.eval()
+    melody_p = melody_dropout(lm)  # melody models: the solver's probability of dropping the melody
     dtype = choose_precision(config.precision, device)
     if config.text_encoder == "cached":  # T5 runs once per caption here, never in the step
         texts = [d for it in (*train_items, *valid_items) for d in it.descriptions]
@@ -338,14 +340,14 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             # audiocraft's T5 word dropout draws from Python's `random`: seed it per micro-batch, so
             # a run is a function of its config and a resumed run sees the same dropout.
             random.seed((config.seed * 1_000_003 + m) * 1024 + rank)
-            # Clips and captions are drawn for the global batch, then sliced: a run is the same on any
-            # number of processes (and resumes on another number).
+            # Clips and captions (and melody dropout) are drawn for the global batch, then sliced: a run
+            # is the same on any number of processes (and resumes on another number).
             global_batch = [train_items[i] for i in batch_indices(m, len(train_items), config.batch_size * world,
                                                                     config.seed)]
-            texts = step_texts(global_batch, m, config.seed, config.cfg_dropout)
+            texts, melody = step_conditions(global_batch, m, config.seed, config.cfg_dropout, melody_p)
             mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
             batch = global_batch[mine]
-            codes, valid, attrs = collate(batch, texts[mine], device)
+            codes, valid, attrs = collate(batch, texts[mine], device, melody[mine] if melody is not None else None)
             # With several processes, gradients are averaged across them only on the last micro-batch.
             with grad_sync(step_module, enabled=micro == config.grad_accum - 1):
                 with torch.autocast(**autocast), attention_kernels(device):
