@@ -18,13 +18,14 @@ uncertainty behind each number, and written to one folder (tables as CSV, plots 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, write_json
-from .loss import evaluate_ce
+from .loss import EmptySplitError, evaluate_ce
 from .manifest import read_sidecar, split_clips
 from .problems import ProblemLog
 from .report import ab_summary, verdict, write_report
@@ -138,6 +139,24 @@ def _load_vggish(config: EvalConfig, device: str):
         return None, note
 
 
+def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0) -> list | None:
+    """Melody models generate "in the style, following this melody": prompt i follows a held-out test
+    clip (drawn with a fixed seed, one song after another), the same for every model compared. None
+    when the models take no melody (all of them must, since every model gets the same inputs)."""
+    from .melody import SELF_WAV, melody_input
+
+    takes = [SELF_WAV in m.lm.condition_provider.conditioners for m in models.values()]
+    if not takes or not all(takes):
+        return None
+    clips = split_clips(root, "test")
+    if not clips:
+        raise EmptySplitError(f"{root}: the test split has no clips to use as melodies")
+    rng = random.Random(seed)
+    order = rng.sample(clips, len(clips))
+    rate = next(iter(models.values())).sample_rate
+    return [melody_input(order[i % len(order)].path, rate) for i in range(n)]
+
+
 def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config: EvalConfig | None = None, *,
                     base: str = "base", codec_name: str = "base", test_items: list[TokenItem] | None = None,
                     forgetting: list[TokenItem] | None = None, embedder=None, clap=None, device: str = "cpu",
@@ -184,7 +203,9 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
     prompts = generation_prompts(root, config)
-    gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
+    melodies = held_out_melodies(root, models, len(prompts), config.seed)
+    gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed),
+                       melodies=melodies)
     files = {name: [r["path"] for r in gen if r["model"] == name] for name in models}  # same prompts, same order
     real_clips = split_clips(root, "test", problems)
     clap_note = None

@@ -232,3 +232,21 @@ def test_melody_train_export_generate_with_a_melody(melody, tmp_path):
     assert not torch.equal(outs[0], outs[1])  # same seed, another melody: the melody steers the model
 
 
+
+
+def test_evaluation_gives_melody_models_held_out_melodies_and_others_none(melody):
+    from types import SimpleNamespace
+
+    from jpop_helpers.evaluate import held_out_melodies
+    from jpop_helpers.manifest import split_clips
+
+    model, root, _, _ = melody
+    test_names = {c.path.stem for c in split_clips(root, "test")}
+    train_names = {c.path.stem for c in split_clips(root, "train")}
+    mel = held_out_melodies(root, {"base": model, "run": model}, 5, seed=0)
+    assert len(mel) == 5 and all(name in test_names and name not in train_names for _, _, name in mel)
+    assert len({name for _, _, name in mel}) == min(5, len(test_names))  # one clip after another
+    assert all(wav.ndim == 2 and sr == model.sample_rate for wav, sr, _ in mel)
+    assert [n for *_, n in held_out_melodies(root, {"base": model}, 5, seed=0)] == [n for *_, n in mel]
+    no_melody = SimpleNamespace(lm=SimpleNamespace(condition_provider=SimpleNamespace(conditioners={})))
+    assert held_out_melodies(root, {"base": no_melody, "run": model}, 5) is None
