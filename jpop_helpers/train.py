@@ -24,13 +24,14 @@ from typing import Callable, ClassVar
 
 import torch
 
-from .batches import batch_indices, collate, step_texts
+from .batches import batch_indices, collate, step_conditions
 from .checkpoint import latest_checkpoint, load_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from .colab import progress
 from .distributed import barrier, dist_info, init_distributed, mean_over_ranks, replica_divergence
 from .io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from .lora import LoraConfig, adapter_state, add_lora, load_adapter_state
 from .loss import LMLoss, evaluate_ce
+from .melody import melody_dropout
 from .optim import OPTIMIZERS, make_optimizer, warmup_cosine
 from .precision import PRECISIONS, choose_precision
 from .runs import RunLayout
@@ -43,7 +44,7 @@ MODES = ("full", "lora")
 
 @dataclass
 class TrainConfig:
-    model: str = "facebook/musicgen-small"  # a pretrained name, a local folder, or "tiny"
+    model: str = "facebook/musicgen-small"  # a pretrained name, a local folder, or a bundled offline model: tiny, tiny-melody, tiny-stereo
     mode: str = "full"  # full: every LM weight trains; lora: adapters only
     steps: int = 2000  # optimizer steps
     batch_size: int = 2  # clips per micro-batch
@@ -206,6 +207,7 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
     model = model or load_musicgen(config.model, device)
     lm = model.lm.to(device)
     model.compression_model.eval()
+    melody_p = melody_dropout(lm)  # melody models: the solver's probability of dropping the melody
     dtype = choose_precision(config.precision, device)
     if config.activation_checkpointing == "on":  # "auto" was decided by the memory plan (plan.py)
         # audiocraft's StreamingTransformer wraps every layer in torch.utils.checkpoint: activations
@@ -253,7 +255,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
             random.seed((config.seed * 1_000_003 + m) * 1024 + rank)
             global_batch = batch_indices(m, len(train_items), config.batch_size * world, config.seed)
             batch = [train_items[i] for i in global_batch[rank * config.batch_size : (rank + 1) * config.batch_size]]
-            codes, valid, attrs = collate(batch, step_texts(batch, m, config.seed, config.cfg_dropout), device)
+            texts, melody = step_conditions(batch, m, config.seed, config.cfg_dropout, melody_p)
+            codes, valid, attrs = collate(batch, texts, device, melody)
             # Under DDP, gradients are averaged across processes only on the last micro-batch.
             last_micro = micro == config.grad_accum - 1
             with step_module.no_sync() if (world > 1 and not last_micro) else contextlib.nullcontext():

@@ -8,7 +8,8 @@ PACKAGE = REPO / "jpop_helpers"
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"io", "layout", "colab", "cliargs", "install", "listen", "precision", "optim", "distributed", "chunking", "lora"},
-    {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model", "sampler"},
+    {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model", "separate",
+     "melody", "sampler"},
     {"manifest", "download"},
     {"tokens", "prepare", "plan"},
     {"batches", "runs"},
