@@ -107,10 +107,14 @@ def with_lora(lm, merge=False):
     return merge_lora(peft_lm).eval() if merge else peft_lm
 
 
-def tiny_musicgen_lm():
+def released(name="tiny"):
     from jpop_helpers.model import load_musicgen
 
-    return load_musicgen("tiny", "cpu").lm.eval()
+    return load_musicgen(name, "cpu").lm.eval()
+
+
+def tiny_musicgen_lm():
+    return released("tiny")
 
 
 MODELS = {
@@ -120,6 +124,9 @@ MODELS = {
     "unroll-pattern": lambda: build_lm(pattern="unroll"),
     "lora-adapter": lambda: with_lora(build_lm()),
     "melody": lambda: build_lm(melody=True),
+    "tiny-stereo": lambda: released("tiny-stereo"),  # the bundled variant (8 codebooks, stereo delays)
+    # "tiny-melody": its ChromaStemConditioner differs between two encodings of the same melody (not yet
+    # understood: Demucs's random shift?), so audiocraft's reference cannot be compared; "melody" covers it
 }
 _built: dict = {}
 
