@@ -31,7 +31,7 @@ def test_clips_are_keyed_by_what_made_them_and_the_index_keeps_every_clip(tmp_pa
     """Before: <model>/p000.wav was reused whenever it existed, so clips of an older model (or of
     other prompts) were judged as the new ones, and each call rewrote index.csv with its own rows."""
     model = tiny
-    cfg = GenerateConfig(duration=0.4, top_k=20)
+    cfg = GenerateConfig(duration=0.2, top_k=20)
     first = generate_set({"tuned": model}, ["calm piano", "fast drums"], tmp_path, cfg)
     assert calls == [2]  # both prompts in one batch
     again = generate_set({"tuned": model}, ["calm piano", "fast drums"], tmp_path, cfg)
@@ -47,9 +47,9 @@ def test_clips_are_keyed_by_what_made_them_and_the_index_keeps_every_clip(tmp_pa
     assert sum(calls) == 4 and not {r["path"] for r in later} & {r["path"] for r in first}
     other = generate_set({"tuned": model}, ["city pop"], tmp_path, cfg)  # new prompt, same position p000
     assert sum(calls) == 5 and other[0]["path"] not in {r["path"] for r in later}
-    longer = generate_set({"tuned": model}, ["city pop"], tmp_path, GenerateConfig(duration=0.6, top_k=20))
+    longer = generate_set({"tuned": model}, ["city pop"], tmp_path, GenerateConfig(duration=0.28, top_k=20))
     assert sum(calls) == 6 and longer[0]["path"] != other[0]["path"]  # settings are part of the key too
-    batched = generate_set({"tuned": model}, ["city pop"], tmp_path, GenerateConfig(duration=0.6, top_k=20, batch_size=1))
+    batched = generate_set({"tuned": model}, ["city pop"], tmp_path, GenerateConfig(duration=0.28, top_k=20, batch_size=1))
     assert sum(calls) == 6 and batched[0]["path"] == longer[0]["path"]  # the batch size is not: clips do not depend on it
 
     index = pd.read_csv(tmp_path / "index.csv")
@@ -57,16 +57,16 @@ def test_clips_are_keyed_by_what_made_them_and_the_index_keeps_every_clip(tmp_pa
     assert sorted(index["path"]) == sorted(r["path"] for r in made)  # every clip in the folder, once
     assert len(list((tmp_path / "tuned").glob("*.wav"))) == 6
     row = index[index["path"] == longer[0]["path"]].iloc[0]
-    assert (row["prompt"], row["duration"]) == ("city pop", 0.6)
+    assert (row["prompt"], row["duration"]) == ("city pop", 0.28)
 
 
 def test_a_clip_is_the_same_whatever_batch_it_was_made_in(tmp_path, tiny, calls):
     import soundfile as sf
 
-    prompts = ["calm piano", "fast drums", "city pop", "sad ballad", "idol song"]
-    together = generate_set({"m": tiny}, prompts, tmp_path / "a", GenerateConfig(duration=0.4, top_k=50, batch_size=5))
-    apart = generate_set({"m": tiny}, prompts, tmp_path / "b", GenerateConfig(duration=0.4, top_k=50, batch_size=2))
-    assert calls == [5, 2, 2, 1]
+    prompts = ["calm piano", "fast drums", "city pop"]
+    together = generate_set({"m": tiny}, prompts, tmp_path / "a", GenerateConfig(duration=0.24, top_k=50, batch_size=3))
+    apart = generate_set({"m": tiny}, prompts, tmp_path / "b", GenerateConfig(duration=0.24, top_k=50, batch_size=2))
+    assert calls == [3, 2, 1]
     audio = [[sf.read(r["path"])[0] for r in rows] for rows in (together, apart)]
     for a, b in zip(*audio):
         np.testing.assert_array_equal(a, b)
@@ -84,7 +84,7 @@ def test_melodies_condition_the_clips_and_name_them(tmp_path, calls):
     t = np.arange(16000) / 16000
     tune_a = (0.5 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32)  # [C, T] at 16 kHz
     tune_b = (0.5 * np.sign(np.sin(2 * np.pi * 97 * t)))[None].astype(np.float32)
-    cfg = GenerateConfig(duration=0.4, top_k=0, temperature=0.0)  # greedy: only the conditions differ
+    cfg = GenerateConfig(duration=0.2, top_k=0, temperature=0.0)  # greedy: only the conditions differ
     rows = generate_set({"mel": model}, ["calm piano", "calm piano"], tmp_path, cfg,
                         melodies=[(tune_a, 16000, "tune-a"), (tune_b, 16000, "tune-b")])
     plain = generate_set({"mel": model}, ["calm piano"], tmp_path, cfg)

@@ -107,10 +107,14 @@ def with_lora(lm, merge=False):
     return merge_lora(peft_lm).eval() if merge else peft_lm
 
 
-def tiny_musicgen_lm():
+def released(name="tiny"):
     from jpop_helpers.model import load_musicgen
 
-    return load_musicgen("tiny", "cpu").lm.eval()
+    return load_musicgen(name, "cpu").lm.eval()
+
+
+def tiny_musicgen_lm():
+    return released("tiny")
 
 
 MODELS = {
@@ -120,6 +124,9 @@ MODELS = {
     "unroll-pattern": lambda: build_lm(pattern="unroll"),
     "lora-adapter": lambda: with_lora(build_lm()),
     "melody": lambda: build_lm(melody=True),
+    "tiny-stereo": lambda: released("tiny-stereo"),  # the bundled variant (8 codebooks, stereo delays)
+    # "tiny-melody": its ChromaStemConditioner differs between two encodings of the same melody (not yet
+    # understood: Demucs's random shift?), so audiocraft's reference cannot be compared; "melody" covers it
 }
 _built: dict = {}
 
@@ -162,11 +169,12 @@ def base(lm):
 
 def test_greedy_tokens_are_audiocraft_generates(lm, request):
     """Batched, with CFG: every prompt's tokens equal LMModel.generate's for that prompt alone."""
-    frames = 4 if "unroll" in request.node.callspec.id else 10  # unrolled: K sequence steps per frame
-    ours = generate_tokens(lm, attributes(PROMPTS, lm), [0, 1, 2], frames, SamplingParams(use_sampling=False, cfg_coef=3.0))
-    assert ours.shape == (len(PROMPTS), base(lm).num_codebooks, frames)
-    for i, prompt in enumerate(PROMPTS):
-        ref = base(lm).generate(None, attributes(PROMPTS, lm)[i : i + 1], max_gen_len=frames, use_sampling=False, cfg_coef=3.0)
+    frames = 3 if "unroll" in request.node.callspec.id else 6  # unrolled: K sequence steps per frame
+    prompts = PROMPTS[:2]  # of different lengths
+    ours = generate_tokens(lm, attributes(prompts, lm), [0, 1], frames, SamplingParams(use_sampling=False, cfg_coef=3.0))
+    assert ours.shape == (len(prompts), base(lm).num_codebooks, frames)
+    for i, prompt in enumerate(prompts):
+        ref = base(lm).generate(None, attributes(prompts, lm)[i : i + 1], max_gen_len=frames, use_sampling=False, cfg_coef=3.0)
         assert torch.equal(ours[i : i + 1], ref), prompt
 
 
@@ -186,7 +194,7 @@ def test_logits_match_audiocraft_for_the_same_prefix_and_conditions(lm):
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
 
     b = base(lm)
-    frames, cfg_coef = 9, 2.5
+    frames, cfg_coef = 6, 2.5
     codes = torch.randint(0, b.card, (len(PROMPTS), b.num_codebooks, frames), generator=torch.Generator().manual_seed(3))
     ours = step_logits(lm, attributes(PROMPTS, lm), codes, cfg_coef)  # [B, K, S - start, card]
     pattern = b.pattern_provider.get_pattern(frames)
@@ -247,7 +255,7 @@ def test_top_k_and_top_p_draw_from_audiocraft_support_and_distribution(top_k, to
 def test_a_prompt_and_seed_give_the_same_clip_whatever_the_batch():
     lm = get("words-postnorm")
     params = SamplingParams(top_k=50, temp=1.0)
-    frames = 15
+    frames = 8
     together = generate_tokens(lm, attributes(PROMPTS), [10, 11, 12], frames, params)
     alone = generate_tokens(lm, attributes([PROMPTS[1]]), [11], frames, params)
     reordered = generate_tokens(lm, attributes([PROMPTS[2], PROMPTS[1], PROMPTS[1]]), [12, 11, 99], frames, params)
