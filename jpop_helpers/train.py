@@ -34,7 +34,6 @@ from .batches import batch_indices, collate, step_conditions
 from .checkpoint import (SHARDED, latest_checkpoint, load_sharded, load_state, load_weights, rng_state,
                          save_checkpoint, save_sharded, set_rng_state)
 from .colab import progress
-from .conditions import use_cached_text
 from .distributed import (PARALLEL, barrier, dist_info, gathered, grad_sync, init_distributed, local,
                           replica_divergence, sum_over_ranks, wrap)
 from .io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
@@ -279,6 +278,8 @@ def train(config: TrainConfig, run_dir: str | Path, train_items: list[TokenItem]
         folder = text_cache if text_cache is not None else run.dir / "text_cache"
         if not main_process:
             barrier()  # rank 0 fills the cache first; the others then read it
+        from .conditions import use_cached_text  # imports audiocraft's conditioners (~5 s): not for --help
+
         uncache_text = use_cached_text(lm, texts, folder, write=main_process)
         if main_process:
             barrier()
