@@ -23,5 +23,6 @@ def test_generate_bench_smoke_on_cpu(tmp_path):
     for r in (r for r in rows if r["variant"] == "ours"):
         for base in ("audiocraft", "transformers"):
             b = next(x for x in rows if x["variant"] == base and x["batch"] == r["batch"])
-            assert r[f"x_vs_{base}"] == pytest.approx(r["audio_s_per_s"] / b["audio_s_per_s"], rel=0.02)
+            # the bench rounds ratios to 2 decimals (a slow, loaded CPU gives ratios near 0.1: use abs)
+            assert r[f"x_vs_{base}"] == pytest.approx(r["audio_s_per_s"] / b["audio_s_per_s"], abs=0.0051)
         assert r["t4_estimate_audio_s_per_s"] > 0
