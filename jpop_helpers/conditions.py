@@ -38,9 +38,10 @@ from typing import Callable
 
 import torch
 from audiocraft.modules.conditioners import T5Conditioner, TextConditioner
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import save as save_safetensors
 
 from .io import atomic_path, discard, read_json, slugify, write_json
+from .tokens import read_shard  # the same verified-shard reader as the token cache
 
 FORMAT = "jpop-text-cache/1"
 INDEX = "index.json"
@@ -155,17 +156,6 @@ def _read_index(folder: Path, signature: str) -> tuple[dict, dict]:
         return {}, {}
 
 
-def _read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
-    """The shard's tensors, or {} when it is missing, torn or not the file the index describes."""
-    try:
-        data = path.read_bytes()
-        if len(data) != meta["bytes"] or hashlib.sha1(data).hexdigest() != meta["sha1"]:
-            return {}
-        return load_safetensors(data)
-    except Exception:  # OSError, or safetensors' own error for a malformed file
-        return {}
-
-
 def load_or_encode(conditioner: T5Conditioner, texts: Iterable[str], folder: str | Path,
                    write: bool = True) -> dict[str, torch.Tensor]:
     """Every caption's hidden state: read from `folder` when cached for this encoder, else encoded
@@ -181,7 +171,7 @@ def load_or_encode(conditioner: T5Conditioner, texts: Iterable[str], folder: str
     wanted = {text_key(t): t for t in texts}
     table, kept_shards, kept = {}, {}, {}
     for name in {index[k]["shard"] for k in wanted if k in index}:
-        tensors = _read_shard(folder / name, shards[name])
+        tensors = read_shard(folder / name, shards[name])
         for k, h in tensors.items():
             if k in wanted and k in index and index[k]["shard"] == name and h.dim() == 2 \
                     and h.shape == (index[k]["tokens"], conditioner.dim) and h.dtype == torch.float32:

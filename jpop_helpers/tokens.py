@@ -130,7 +130,7 @@ def _read_index(folder: Path) -> tuple[dict[str, dict], dict[str, dict]]:
         return {}, {}
 
 
-def _read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+def read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     """The shard's tensors, or {} when it is missing, torn or not the file the index describes."""
     try:
         data = path.read_bytes()
@@ -218,7 +218,7 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
         if e and e["audio_sig"] == _audio_sig(clip.path) and e["codec_sig"] == csig and e.get("chroma_sig") == msig:
             by_shard.setdefault(e["shard"], []).append(clip)
     for name, group in by_shard.items():
-        tensors = _read_shard(folder / name, old_shards[name])
+        tensors = read_shard(folder / name, old_shards[name])
         for clip in group:
             e, codes = old_clips[clip.clip_id], tensors.get(clip.clip_id)
             chroma = tensors.get(clip.clip_id + CHROMA) if melody else None
