@@ -1,7 +1,13 @@
-"""What the model sees at each step: which clips, which caption, as padded tensors.
+"""What the model sees at each step: which clips, which caption (and melody), as padded tensors.
 
 Every choice is a pure function of (seed, micro-step), so a resumed run sees exactly the batches and
 captions the uninterrupted run would have seen, with no data-loader state to save.
+
+Melody models (clips whose tokens carry a chroma) are conditioned as audiocraft's MusicGen solver
+conditions them: each clip's own melody; per micro-batch, classifier-free-guidance dropout nullifies
+every condition (description and melody) with probability `cfg_dropout`, then the melody alone is
+dropped with the model's attribute-dropout probability (audiocraft's ClassifierFreeGuidanceDropout and
+AttributeDropout both decide once per batch). Other models keep one decision per clip.
 """
 from __future__ import annotations
 
@@ -32,18 +38,48 @@ def step_texts(items: list[TokenItem], step_micro: int, seed: int, cfg_dropout: 
     return out
 
 
-def collate(items: list[TokenItem], texts: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor, list]:
+def step_conditions(items: list[TokenItem], step_micro: int, seed: int, cfg_dropout: float,
+                    melody_dropout: float = 0.0) -> tuple[list[str | None], list[bool] | None]:
+    """The conditions of micro-batch `step_micro`: (one caption or None per clip, whether each clip
+    keeps its melody, or None when the clips have no melody).
+
+    Without melody, the captions are `step_texts`'. With melody, as the solver: one CFG-dropout draw
+    for the micro-batch (p=`cfg_dropout`) drops every caption and melody, else one draw (p=`melody_dropout`)
+    drops every melody; the caption variant is chosen per clip.
+    """
+    if not items or items[0].chroma is None:
+        return step_texts(items, step_micro, seed, cfg_dropout), None
+    g = torch.Generator().manual_seed(seed * 7919 + step_micro)
+    drop_all = float(torch.rand((), generator=g)) < cfg_dropout
+    drop_melody = drop_all or float(torch.rand((), generator=g)) < melody_dropout
+    texts = [None if drop_all else it.descriptions[int(torch.randint(len(it.descriptions), (1,), generator=g))]
+             for it in items]
+    return texts, [not drop_melody] * len(items)
+
+
+def collate(items: list[TokenItem], texts: list[str | None], device,
+            melody: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Stack clips for the LM.
 
+    Args:
+        melody: melody models: per clip, True to condition on its own melody (its cached chroma),
+            False for the nullified melody (dropout); None for models without melody.
     Returns:
         codes: [B, K, T] long; valid: [B, K, T] bool, False on the padding after each clip's
-        `valid_frames`; attrs: one audiocraft ConditioningAttributes per clip (description or None).
+        `valid_frames`; attrs: one audiocraft ConditioningAttributes per clip (description or None;
+        melody models: and wav['self_wav'], see melody.melody_attributes).
     """
     from audiocraft.modules.conditioners import ConditioningAttributes
+
+    from .melody import melody_attributes
 
     codes = torch.stack([it.codes.long() for it in items]).to(device)
     valid = torch.zeros_like(codes, dtype=torch.bool)
     for i, it in enumerate(items):
         valid[i, :, : it.valid_frames] = True
-    attrs = [ConditioningAttributes(text={"description": t}) for t in texts]
+    if melody is None:
+        attrs = [ConditioningAttributes(text={"description": t}) for t in texts]
+    else:
+        attrs = [melody_attributes(t, it.clip_id, it.chroma, it.valid_frames / it.codes.shape[-1], keep)
+                 for it, t, keep in zip(items, texts, melody)]
     return codes, valid, attrs

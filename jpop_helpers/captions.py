@@ -35,15 +35,23 @@ def _join(words: list[str]) -> str:
 
 
 def make_captions(clip_id: str, genre: str | None, moods: list[str], instruments: list[str],
-                  bpm: float | None, key: str | None, config: CaptionConfig | None = None) -> list[str]:
+                  bpm: float | None, key: str | None, config: CaptionConfig | None = None,
+                  instrumental: bool = False) -> list[str]:
     """Distinct descriptions of one clip, deterministic for (seed, clip_id).
 
     A caption is a head ("Upbeat j-pop song") followed by optional clauses (instruments, mood, tempo,
     key) in random order and wording; a missing tag drops its clause instead of printing "None".
+
+    Args:
+        instrumental: the clip is an instrumental (its vocals were removed): every caption says so
+            ("instrumental j-pop track"). Only then: a clip that may hold vocals is never called
+            instrumental.
     """
     config = config or CaptionConfig()
     rng = random.Random(f"{config.seed}:{short_hash(clip_id, 16)}")
     genre = (genre or config.genre_fallback).strip()
+    if instrumental:
+        genre = f"instrumental {genre}"
     out: list[str] = []
     for _ in range(20 * config.n_variants):  # bounded: few tags admit few distinct captions
         if len(out) >= config.n_variants:
@@ -52,8 +60,9 @@ def make_captions(clip_id: str, genre: str | None, moods: list[str], instruments
         ins = _join(rng.sample(list(instruments), len(instruments)))
         noun = rng.choice(["song", "track", "tune", "piece"])
         tw = tempo_word(bpm)
+        article = "an" if genre[:1].lower() in "aeiou" else "a"
         head = rng.choice([f"{genre} {noun}", f"{m[0]} {genre} {noun}" if m else f"{tw} {genre} {noun}",
-                           f"{tw} {genre}", f"a {genre} {noun}"])
+                           f"{tw} {genre}", f"{article} {genre} {noun}"])
         clauses = []
         if ins:
             clauses.append(rng.choice([f"with {ins}", f"featuring {ins}", f"played on {ins}"]))

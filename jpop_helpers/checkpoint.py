@@ -6,7 +6,17 @@ checkpoints/ckpt_<step>/      written as a hidden temp folder, renamed into plac
     state.json                every other value (step, config, scheduler, scaler, optimizer groups)
 
 Tensors are safetensors and the rest is JSON, so a crafted checkpoint cannot run code when a run is
-resumed, exported or evaluated (torch.load of a pickle can). The weights can be read without the
+resumed, exported or evaluated (torch.load of a pickle can).
+
+Sharded checkpoints (FSDP, distributed.py) replace model.safetensors with
+    sharded/shard-<rank+1>-model-00001-of-00001.safetensors   each process's slices of the weights and
+                              optimizer moments, written by torch.distributed.checkpoint (DCP), with
+                              each slice's offsets in the safetensors header (JSON)
+and resume on any number of processes, one included: DCP reads the slices each process needs. DCP's
+default FileSystemReader unpickles its `.metadata` file (pickle.load, code execution from a crafted
+checkpoint; only its tensors go through torch.load(weights_only=True)); its Hugging Face safetensors
+storage (HuggingFaceStorageWriter/Reader) rebuilds the metadata from the safetensors headers instead,
+so that is what is used here: nothing is unpickled in either format. The weights can be read without the
 optimizer state (`load_weights`), which is what export and evaluation need. Deleting an old checkpoint
 first truncates its files: on the Google Drive mount a deleted file goes to Drive's Trash, which still
 counts against the quota, while an emptied one costs nothing there.
@@ -14,6 +24,7 @@ counts against the quota, while an emptied one costs nothing there.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import random
@@ -181,9 +192,12 @@ def _tensor_bytes(obj) -> int:
 
 
 def load_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Only the trained weights of a checkpoint (no optimizer state: a fraction of the memory)."""
+    """Only the trained weights of a checkpoint (no optimizer state: a fraction of the memory); the
+    slices of a sharded checkpoint are put together."""
     from safetensors.torch import load_file
 
+    if not (Path(path) / "model.safetensors").exists() and (Path(path) / SHARDED).is_dir():
+        return {k[len("model."):]: v.to(device) for k, v in _assemble(Path(path) / SHARDED, "model.").items()}
     return load_file(str(Path(path) / "model.safetensors"), device=device)
 
 
@@ -201,14 +215,116 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
     for path in reversed(list_checkpoints(folder)):
         try:
-            for name in ("model.safetensors", "state.safetensors"):
-                with safe_open(str(path / name), framework="pt") as f:
+            sharded = sorted((path / SHARDED).glob("*.safetensors")) if (path / SHARDED).is_dir() else []
+            for file in sharded or [path / "model.safetensors"]:
+                if os.path.getsize(file) < 8:
+                    raise ValueError(f"{file.name} is empty")
+            for file in [*sharded, path / "state.safetensors"] if sharded else [path / "model.safetensors",
+                                                                                path / "state.safetensors"]:
+                with safe_open(str(file), framework="pt") as f:
                     for k in f.keys():
                         f.get_slice(k)  # header and offsets intact
-            if os.path.getsize(path / "model.safetensors") < 8:
-                raise ValueError("empty")
             read_json(path / "state.json")
             return path
         except Exception as e:
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
     return None
+
+
+# ---------------------------------------------------------------- sharded (FSDP) checkpoints
+SHARDED = "sharded"
+
+
+def _split_tensors(flat: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {k: v for k, v in flat.items() if torch.is_tensor(v)}
+    return tensors, {k: v for k, v in flat.items() if k not in tensors}
+
+
+def save_sharded(folder: str | Path, step: int, tensors: dict, state: dict, keep_last: int = 2) -> Path:
+    """Every process calls this with its shards: `tensors` maps names to tensors or DTensors (plain
+    values in it go to JSON); `state` (rank 0's) is stored as in save_checkpoint. Complete or absent,
+    as save_checkpoint: written under a temp name, renamed by rank 0 once every process is done.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    from .distributed import barrier, dist_info, is_distributed
+
+    folder = Path(folder)
+    rank = dist_info()[0]
+    final = folder / f"ckpt_{step:08d}"
+    tmp = folder / f".ckpt_{step:08d}.sharded.tmp"  # one name every process agrees on
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".ckpt_*.tmp"):
+            remove_checkpoint(stale)
+        (tmp / SHARDED).mkdir(parents=True)
+    barrier()
+    tensors, plain = _split_tensors(tensors)
+    try:
+        dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=True),
+                 no_dist=not is_distributed())
+        barrier()
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            packed: dict[str, torch.Tensor] = {}
+            skeleton = pack({**state, "plain": plain}, packed)
+            save_file(packed, str(tmp / "state.safetensors"))
+            write_json(tmp / "state.json", skeleton)
+            for f in [*tmp.iterdir(), *(tmp / SHARDED).iterdir()]:
+                if f.is_file():
+                    with open(f, "rb") as handle:
+                        os.fsync(handle.fileno())
+            if final.exists():
+                remove_checkpoint(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+                remove_checkpoint(old)
+    except BaseException:
+        if rank == 0 and tmp.exists():
+            remove_checkpoint(tmp)
+        raise
+    barrier()
+    return final
+
+
+def load_sharded(path: str | Path, tensors: dict) -> tuple[dict, dict]:
+    """Fill `tensors` (this process's templates: tensors or DTensors of any sharding) in place from a
+    sharded checkpoint, whatever number of processes wrote it.
+
+    Returns:
+        (the plain values saved beside the tensors, the state saved by save_sharded's `state`).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    from .distributed import is_distributed
+
+    path = Path(path)
+    templates, _ = _split_tensors(tensors)
+    dcp.load(templates, storage_reader=HuggingFaceStorageReader(str(path / SHARDED)), no_dist=not is_distributed())
+    state = load_state(path)
+    return state.pop("plain"), state
+
+
+def _assemble(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Whole tensors from the slices of a sharded checkpoint (offsets from each file's header)."""
+    from safetensors import safe_open
+
+    slices: dict[str, list] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("DCP_SHARDING_INFO", "{}"))
+            for k in f.keys():
+                if k.startswith(prefix):
+                    t = f.get_tensor(k)
+                    slices.setdefault(k, []).append((info.get(k, {}).get("saved_offsets", [0] * t.dim()), t))
+    out = {}
+    for k, parts in slices.items():
+        shape = [max(o[d] + t.shape[d] for o, t in parts) for d in range(parts[0][1].dim())]
+        full = torch.empty(shape, dtype=parts[0][1].dtype)
+        for o, t in parts:
+            full[tuple(slice(a, a + n) for a, n in zip(o, t.shape))] = t
+        out[k] = full
+    return out

@@ -16,8 +16,9 @@ class ChunkConfig:
     min_tail_seconds: float = 10.0  # a tail shorter than this is always dropped
     silence_db: float = -45.0  # a 0.5-s window quieter than this (RMS, dBFS) counts as silent
     max_silent_fraction: float = 0.5  # drop a chunk whose audio is mostly silent windows
+    channels: int = 1  # 1: mono clips; 2: stereo clips, for facebook/musicgen-stereo-*
 
-    CHOICES: ClassVar[dict] = {"tail": ("pad", "drop")}
+    CHOICES: ClassVar[dict] = {"tail": ("pad", "drop"), "channels": (1, 2)}
 
 
 @dataclass
@@ -25,7 +26,8 @@ class Chunk:
     """One chunk of a song.
 
     Attributes:
-        audio: float32 [chunk_seconds * sample_rate], zero-padded after `n_valid` samples.
+        audio: float32 [T] (mono) or [C, T], T = chunk_seconds * sample_rate, zero-padded after `n_valid`
+            samples.
     """
 
     index: int
@@ -36,7 +38,7 @@ class Chunk:
 
     @property
     def padded(self) -> bool:
-        return self.n_valid < len(self.audio)
+        return self.n_valid < self.audio.shape[-1]
 
 
 def window_db(audio: np.ndarray, sample_rate: int, window_seconds: float = 0.5) -> np.ndarray:
@@ -59,10 +61,14 @@ def chunk_audio(audio: np.ndarray, config: ChunkConfig) -> tuple[list[Chunk], li
     """Cut one song into fixed-length chunks.
 
     Args:
-        audio: float32 mono [T] at `config.sample_rate`.
+        audio: float32 mono [T], or [C, T], at `config.sample_rate`. Silence is judged on the mono mix-down.
     Returns:
         (kept chunks, dropped) where dropped lists (chunk index, reason) for silent chunks and tails.
     """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim not in (1, 2):
+        raise ValueError(f"audio must be [T] or [C, T], not {audio.shape}")
+    mono = audio if audio.ndim == 1 else audio.mean(axis=0)
     sr = config.sample_rate
     size = int(round(config.chunk_seconds * sr))
     hop = int(round((config.hop_seconds or config.chunk_seconds) * sr))
@@ -70,20 +76,22 @@ def chunk_audio(audio: np.ndarray, config: ChunkConfig) -> tuple[list[Chunk], li
     if config.tail not in ("pad", "drop"):
         raise ValueError(f"tail must be 'pad' or 'drop', not {config.tail!r}")
     kept, dropped = [], []
-    starts = list(range(0, max(len(audio) - size, 0) + 1, hop)) if len(audio) >= size else []
+    n = audio.shape[-1]
+    starts = list(range(0, max(n - size, 0) + 1, hop)) if n >= size else []
     # The piece after the last full chunk is a tail; it may still become a padded chunk.
     tail_start = (starts[-1] + hop) if starts else 0
-    if tail_start < len(audio):
+    if tail_start < n:
         starts.append(tail_start)
     for index, start in enumerate(starts):
-        piece = audio[start : start + size]
-        n_valid = len(piece)
+        piece = audio[..., start : start + size]
+        n_valid = piece.shape[-1]
         if n_valid < size:
             if config.tail == "drop" or n_valid < min_tail:
                 dropped.append((index, f"tail of {n_valid / sr:.1f} s (rule: {config.tail}, min {config.min_tail_seconds} s)"))
                 continue
-            piece = np.concatenate([piece, np.zeros(size - n_valid, dtype=np.float32)])
-        silent = float(np.mean(window_db(audio[start : start + n_valid], sr) < config.silence_db))
+            pad = [(0, 0)] * (piece.ndim - 1) + [(0, size - n_valid)]
+            piece = np.pad(piece, pad)
+        silent = float(np.mean(window_db(mono[start : start + n_valid], sr) < config.silence_db))
         if silent > config.max_silent_fraction:
             dropped.append((index, f"silent ({silent:.0%} of windows below {config.silence_db} dBFS)"))
             continue

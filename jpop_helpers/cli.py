@@ -23,17 +23,25 @@ PREPARE_GROUPS = (("chunking", ChunkConfig), ("split (decided per song, before c
 DEMO_TRAIN_SKIP = ("model", "mode", "steps", "lr", "eval_every", "save_every")
 
 
+PREPARE_NESTED = ("chunk", "split", "label", "captions")  # PrepareConfig's fields that are the groups above
+
+
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
-    for title, cls in PREPARE_GROUPS:
-        add_config_args(p.add_argument_group(title), cls)
-
-
-def prepare_config_from_args(a: argparse.Namespace, **label_override):
     from .prepare import PrepareConfig
 
-    return PrepareConfig(chunk=config_from_args(ChunkConfig, a), split=config_from_args(SplitConfig, a),
-                         label=config_from_args(LabelConfig, a, **label_override),
-                         captions=config_from_args(CaptionConfig, a))
+    for title, cls in PREPARE_GROUPS:
+        add_config_args(p.add_argument_group(title), cls)
+    add_config_args(p.add_argument_group("vocal removal (Demucs)"), PrepareConfig, skip=PREPARE_NESTED)
+
+
+def prepare_config_from_args(a: argparse.Namespace, keep_vocals: bool | None = None, **label_override):
+    from .prepare import PrepareConfig
+
+    extra = {} if keep_vocals is None else {"keep_vocals": keep_vocals}
+    return config_from_args(PrepareConfig, a, chunk=config_from_args(ChunkConfig, a),
+                            split=config_from_args(SplitConfig, a),
+                            label=config_from_args(LabelConfig, a, **label_override),
+                            captions=config_from_args(CaptionConfig, a), **extra)
 
 
 def cmd_download(a: argparse.Namespace) -> int:
@@ -62,7 +70,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .train import TrainConfig
 
     # offline by design: the taggers run only when asked for
-    prepare_config = prepare_config_from_args(a, dsp_only=a.dsp_only or not a.with_taggers)
+    # the demo corpus is rendered MIDI (no vocals) and offline (no separator weights): nothing to remove
+    prepare_config = prepare_config_from_args(a, keep_vocals=True, dsp_only=a.dsp_only or not a.with_taggers)
     train_config = config_from_args(TrainConfig, a, model="tiny", mode="full", steps=max(a.train_steps, 1),
                                     lr=None, eval_every=max(a.train_steps // 4, 1), save_every=max(a.train_steps, 1))
     return run_demo(a.root, prepare_config, train_config, seconds=a.seconds, per_artist=a.per_artist,

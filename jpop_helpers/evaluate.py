@@ -18,13 +18,14 @@ uncertainty behind each number, and written to one folder (tables as CSV, plots 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .io import AUDIO_EXTENSIONS, atomic_path, load_audio, write_json
-from .loss import evaluate_ce
+from .loss import EmptySplitError, evaluate_ce
 from .manifest import read_sidecar, split_clips
 from .problems import ProblemLog
 from .report import ab_summary, verdict, write_report
@@ -45,6 +46,7 @@ class EvalConfig:
     batch_size: int = 4
     seed: int = 0
     clap_checkpoint: str | None = "laion/larger_clap_music"  # None: skip CLAP (score and CLAP-FAD)
+    vggish: str | None = "published"  # VGGish-FAD too (MusicGen paper): "published" weights (290 MB, once), a local .pth, or None
     n_boot: int = 200  # bootstrap resamples for the FAD, CE and CLAP intervals
 
 
@@ -122,6 +124,39 @@ def _load_clap(config: EvalConfig, device: str):
         return None, note
 
 
+def _load_vggish(config: EvalConfig, device: str):
+    """(VGGishEmbedder or None, the reason when None)."""
+    if not config.vggish:
+        return None, None
+    from .fad import VGGishEmbedder
+
+    try:
+        return VGGishEmbedder.load(None if config.vggish == "published" else config.vggish, device), None
+    except Exception as e:  # not installed, offline, or a refused file: say so and go on
+        note = f"VGGish not available ({type(e).__name__}: {str(e)[:120]}); VGGish-FAD skipped " \
+               "(needs `pip install torchvggish resampy` and the published weights, downloaded once)"
+        log.warning(note)
+        return None, note
+
+
+def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0) -> list | None:
+    """Melody models generate "in the style, following this melody": prompt i follows a held-out test
+    clip (drawn with a fixed seed, one song after another), the same for every model compared. None
+    when the models take no melody (all of them must, since every model gets the same inputs)."""
+    from .melody import SELF_WAV, melody_input
+
+    takes = [SELF_WAV in m.lm.condition_provider.conditioners for m in models.values()]
+    if not takes or not all(takes):
+        return None
+    clips = split_clips(root, "test")
+    if not clips:
+        raise EmptySplitError(f"{root}: the test split has no clips to use as melodies")
+    rng = random.Random(seed)
+    order = rng.sample(clips, len(clips))
+    rate = next(iter(models.values())).sample_rate
+    return [melody_input(order[i % len(order)].path, rate) for i in range(n)]
+
+
 def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config: EvalConfig | None = None, *,
                     base: str = "base", codec_name: str = "base", test_items: list[TokenItem] | None = None,
                     forgetting: list[TokenItem] | None = None, embedder=None, clap=None, device: str = "cpu",
@@ -168,19 +203,26 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
     prompts = generation_prompts(root, config)
-    gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed))
+    melodies = held_out_melodies(root, models, len(prompts), config.seed)
+    gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed),
+                       melodies=melodies)
     files = {name: [r["path"] for r in gen if r["model"] == name] for name in models}  # same prompts, same order
     real_clips = split_clips(root, "test", problems)
     clap_note = None
     if clap is None:
         clap, clap_note = _load_clap(config, device)
     embedders = [embedder] if embedder is not None else [MelStatsEmbedder()]
+    fad_notes = []
+    if embedder is None:
+        vggish, note = _load_vggish(config, device)
+        embedders = ([vggish] if vggish is not None else []) + embedders
+        fad_notes += [note] if note else []
     clap_rows, clap_clips = [], {}
     if clap is not None:
         from .clap import WINDOW_SECONDS, ClapEmbedder, clap_score
 
         if embedder is None:
-            embedders.insert(0, ClapEmbedder(clap))  # the comparable one first
+            embedders.insert(0, ClapEmbedder(clap))  # the comparable ones first
         for name in models:
             scores = clap_score(clap, [r["prompt"] for r in gen if r["model"] == name], files[name])
             clap_clips[name] = scores
@@ -200,8 +242,8 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
     pairs = ab_pairs(gen, base)
     pair_ids = [p.pair_id for p in pairs]
     summary = {**(info or {}), "base": base, "models": list(models), "ce": rows, "ce_clips": per_clip,
-               "fad": fad_rows, "fad_floor": floors, "clap": clap_rows, "clap_clips": clap_clips,
-               "clap_note": clap_note, "prompts": prompts, "duration": config.duration,
+               "fad": fad_rows, "fad_floor": floors, "fad_notes": fad_notes + ([clap_note] if clap_note else []),
+               "clap": clap_rows, "clap_clips": clap_clips, "clap_note": clap_note, "prompts": prompts, "duration": config.duration,
                "real_clips": len(real_clips), "n_boot": config.n_boot, "pair_ids": pair_ids,
                "ab": ab_summary(out, pair_ids, list(models), base)}
     summary.setdefault("title", out.name)

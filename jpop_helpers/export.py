@@ -13,12 +13,13 @@ import torch
 
 from .io import atomic_path, write_json
 from .lora import merge_lora, save_adapter
-from .model import checkpoint_files
+from .model import DEMUCS_DIR, checkpoint_files, resolve_model_name
 from .runs import RELEASE_DTYPE, load_run_lm
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, device: str | None = None) -> Path:
-    """Write `out_dir/{state_dict.bin, compression_state_dict.bin, export.json}` (+ `adapter/` for LoRA).
+    """Write `out_dir/{state_dict.bin, compression_state_dict.bin, export.json}` (+ `adapter/` for LoRA,
+    + `demucs/` when the base model folder has its own Demucs: the bundled tiny-melody).
 
     Args:
         device: where the model is assembled (default: the GPU when there is one: audiocraft then
@@ -46,6 +47,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, device: str | None = No
         torch.save({"xp.cfg": xp_cfg, "best_state": state}, tmp)  # tensors and a string: weights_only-loadable
     with atomic_path(out_dir / "compression_state_dict.bin") as tmp:
         shutil.copyfile(base_codec, tmp)  # the codec is not trained: the base's file as it is
+    base_demucs = Path(resolve_model_name(cfg["model"])) / DEMUCS_DIR
+    if base_demucs.is_dir():  # a bundled melody model's own Demucs (model.demucs_from loads it from here)
+        tmp = out_dir / f".{DEMUCS_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base_demucs, tmp)
+        shutil.rmtree(out_dir / DEMUCS_DIR, ignore_errors=True)
+        tmp.rename(out_dir / DEMUCS_DIR)
     write_json(out_dir / "export.json", {"run": str(Path(run_dir).resolve()), "base_model": cfg["model"],
                                          "mode": cfg["mode"]})
     return out_dir

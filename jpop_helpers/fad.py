@@ -6,6 +6,11 @@ The maths does not depend on the embedder. Which embedder makes a number compara
 - CLAP-LAION music (clap.ClapEmbedder, `laion/larger_clap_music` through transformers): the embedder
   of fadtk's `clap-laion-music` (Gui et al. 2024, "Adapting Fréchet Audio Distance for generative
   music evaluation", whose tables include MusicGen), with its windows (10 s, 1-s hop, zero-padded).
+- VGGish at 16 kHz (`VGGishEmbedder`), the embedder of the MusicGen paper's FAD (Copet et al. 2023,
+  after Kilgour et al.): the `torchvggish` package's architecture and input pipeline (a port of
+  Google's), its published weights read with torch.load(weights_only=True), never through the
+  package's own torch.hub loader (a full unpickler); raw 128-d embeddings of 0.96-s examples, no PCA,
+  as fadtk's `vggish`.
 - `MelStatsEmbedder` needs no weights: an offline fallback for tests and the offline demo. Its numbers
   compare with nothing published; every table labels it so.
 FAD is biased by sample size and noisy on few clips: every number comes with the clips it rests on, a
@@ -57,6 +62,57 @@ class MelStatsEmbedder:
         mel = librosa.feature.melspectrogram(y=audio, sr=self.sample_rate, n_fft=2048, hop_length=hop,
                                              n_mels=self.n_mels)
         return np.log(mel + 1e-6).T.astype(np.float64)  # [frames, n_mels]
+
+
+VGGISH_WEIGHTS = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
+
+
+@dataclass
+class VGGishEmbedder:
+    """VGGish (16 kHz, 0.96-s examples, 128-d) from torchvggish's architecture and log-mel front end."""
+
+    model: object  # torchvggish's VGG module
+    device: str = "cpu"
+    sample_rate: int = 16000
+    name: str = "vggish"
+    window: str = "0.96-s log-mel examples (VGGish), 16 kHz, no PCA"
+    comparable: bool = True
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str = "cpu") -> "VGGishEmbedder":
+        """The published weights: `weights` (a local .pth), else downloaded once into torch's hub cache
+        (its file name carries the SHA-256 prefix, which the download checks).
+
+        Raises:
+            ImportError: torchvggish (and its resampy) are not installed: `pip install torchvggish resampy`.
+            pickle.UnpicklingError: the file holds anything but tensors (weights_only refuses to run code).
+        """
+        import torch
+
+        if weights is None:
+            weights = Path(torch.hub.get_dir()) / "checkpoints" / VGGISH_WEIGHTS.rsplit("/", 1)[1]
+            if not weights.exists():
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(VGGISH_WEIGHTS, str(weights), hash_prefix="10086976")
+        state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: nothing runs
+        from torchvggish.torchvggish import _vgg
+
+        model = _vgg(postprocess=False)
+        model.load_state_dict(state)
+        return cls(model.to(device).eval(), device)
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """audio: float32 mono [T] at 16 kHz -> [n_examples, 128]; a clip shorter than one 0.96-s example
+        gives no rows."""
+        import torch
+        from torchvggish.vggish_input import waveform_to_examples
+
+        examples = waveform_to_examples(np.asarray(audio, dtype=np.float64), self.sample_rate, return_tensor=False)
+        if not len(examples):
+            return np.zeros((0, 128))
+        with torch.no_grad():
+            x = torch.from_numpy(examples[:, None]).float().to(self.device)  # [N, 1, 96, 64]
+            return self.model(x).double().cpu().numpy()
 
 
 def gaussian_stats(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

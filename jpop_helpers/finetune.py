@@ -46,7 +46,10 @@ def run_training(root: str | Path, run_dir: str | Path, config: TrainConfig, dev
     if world > 1 and rank == 0:
         barrier()
     model.compression_model.cpu()  # training reads cached tokens: the codec's GPU memory is free again
-    result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback)
+    from .conditions import cache_folder  # imports audiocraft (slow): only when training
+
+    result = train(config, run_dir, train_items, valid_items, model=model, device=device, callback=callback,
+                   text_cache=cache_folder(root, config.model))  # beside the tokens: shared by every run
     if rank == 0:
         save_training_curves(run_dir)
     return result

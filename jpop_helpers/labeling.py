@@ -9,6 +9,7 @@ when online; offline, `MissingModelError` names the missing file and where to ge
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import urllib.request
@@ -193,6 +194,19 @@ class EssentiaTagger:
             top = select_top(names, act, k, thr)
             setattr(out, "genres" if head == "genre" else head, top)
         return out
+
+
+# Tags that say a voice is heard: the instrument head's "voice", discogs styles such as "Pop---Vocal".
+VOCAL_TAGS = frozenset({"voice", "vocal", "vocals", "a cappella", "choral", "singer"})
+
+
+def without_vocal_tags(labels: ClipLabels) -> ClipLabels:
+    """The labels of an instrumental (vocals removed by separation): tags that name a voice go, since
+    what is left of it is separation bleed, and a caption must not ask for what the audio lacks (and
+    MusicGen cannot make). Scores are kept as measured."""
+    return dataclasses.replace(labels, genres=[g for g in labels.genres if g not in VOCAL_TAGS],
+                               moods=[m for m in labels.moods if m not in VOCAL_TAGS],
+                               instruments=[i for i in labels.instruments if i not in VOCAL_TAGS])
 
 
 def select_top(names: list[str], scores: np.ndarray, top_k: int, threshold: float) -> list[str]:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import collate
+from .melody import solver_melody
 from .tokens import TokenItem
 
 
@@ -52,7 +53,8 @@ class LMLoss(torch.nn.Module):
     def forward(self, codes: torch.Tensor, valid: torch.Tensor, attrs: list):
         """codes, valid: [B, K, T]; attrs: ConditioningAttributes per clip.
         Returns codebook_ce's (ce, ce_sum [K], n_tokens [K])."""
-        cond = self.lm.condition_provider(self.lm.condition_provider.tokenize(attrs))
+        with solver_melody(self.lm, attrs):  # melody models: each clip's cached chroma, as the solver
+            cond = self.lm.condition_provider(self.lm.condition_provider.tokenize(attrs))
         out = self.lm.compute_predictions(codes, [], cond)
         return codebook_ce(out.logits, codes, valid & out.mask)
 
@@ -60,7 +62,8 @@ class LMLoss(torch.nn.Module):
 @torch.no_grad()
 def evaluate_ce(lm, items: list[TokenItem], batch_size: int, device: str, dtype: torch.dtype = torch.float32,
                 max_batches: int | None = None, split: str = "valid") -> dict:
-    """CE and perplexity over a split, with each clip's first description (no CFG dropout).
+    """CE and perplexity over a split, with each clip's first description (no CFG dropout) and, for
+    melody models, its own melody (as the solver's valid stage conditions them).
 
     Args:
         dtype: the autocast precision (the one training uses), so every model compared is scored alike.
@@ -81,7 +84,8 @@ def evaluate_ce(lm, items: list[TokenItem], batch_size: int, device: str, dtype:
     n_batches = math.ceil(len(items) / batch_size)
     for b in range(n_batches if max_batches is None else min(n_batches, max_batches)):
         batch = items[b * batch_size : (b + 1) * batch_size]
-        codes, valid, attrs = collate(batch, [it.descriptions[0] for it in batch], device)
+        melody = [True] * len(batch) if batch[0].chroma is not None else None
+        codes, valid, attrs = collate(batch, [it.descriptions[0] for it in batch], device, melody)
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
             _, s, c = loss(codes, valid, attrs)
         sums, counts = sums + s, counts + c

@@ -215,6 +215,7 @@ def write_report(out: Path, summary: dict) -> Path:
             lines.append(f"| {r['model']} | {r['embedder']} | {_fmt(r['fad'])} | {_interval(r['low'], r['high'])} | "
                          f"{r['clips_a']} | {r['clips_b']} | {r['frames_a']} | {'; '.join(notes)} |")
         lines += ["", "Windows: " + "; ".join(sorted({f"{r['embedder']}: {r['window']}" for r in summary['fad']})), ""]
+        lines += [f"Note: {n}" for n in summary.get("fad_notes", [])] + [""] * bool(summary.get("fad_notes"))
         if "fad" in plots:
             lines += [f"![FAD]({plots['fad']})", ""]
     else:
@@ -270,6 +271,14 @@ def refresh_report(path: str | Path) -> dict:
     """
     out = _eval_dir(path)
     summary = read_json(out / "summary.json")
+    # an evaluation written before multi-model reports: base vs "finetuned", FAD without intervals
+    summary.setdefault("base", "base")
+    summary.setdefault("models", ["base", "finetuned"])
+    summary.setdefault("out", str(out))
+    for r in summary.get("fad", []):
+        for key in ("low", "high"):
+            r.setdefault(key, float("nan"))
+        r.setdefault("window", "")
     summary["ab"] = ab_summary(out, summary.get("pair_ids", []), summary["models"], summary["base"])
     summary["verdict"] = verdict(summary)
     write_json(out / "summary.json", summary)

@@ -3,9 +3,12 @@
 <root>/tokens/<codec>/<split>/ holds a few files however many clips the split has (a Google Drive folder
 with thousands of small files gives I/O errors in Colab):
     shard-<nnnnn>.safetensors   up to SHARD_CLIPS clips, each a tensor named by its clip id:
-                                codes int16 [K, T] (T may differ from clip to clip)
+                                codes int16 [K, T] (T may differ from clip to clip; K = 8 for stereo
+                                models: left and right codes interleaved, as their codec gives them);
+                                for melody models also "<clip id>#chroma", float32 [T_chroma, 12]:
+                                the clip's chroma, computed once by the model's own conditioner
     index.json                  "clips": clip id -> {shard, frames (T), valid_frames, descriptions,
-                                audio_sig, codec_sig}; "shards": shard -> {clips, bytes, sha1}
+                                audio_sig, codec_sig[, chroma_sig]}; "shards": shard -> {clips, bytes, sha1}
 A clip is re-encoded when its wav changes (size or mtime: re-chunking rewrites it), the codec's weights
 change, or its shard is missing or damaged (size and SHA-1 are checked before a shard is parsed); clips
 no longer in the manifest are dropped; captions follow the sidecars (editing one needs no re-encoding).
@@ -49,14 +52,19 @@ FORMAT = "jpop-token-shards/1"
 _SHARD = re.compile(r"^shard-(\d{5,})\.safetensors$")
 
 
+CHROMA = "#chroma"  # suffix of a clip's chroma tensor in a shard
+
+
 @dataclass
 class TokenItem:
-    """One encoded clip. codes: int16 [K, T]; frames at or after `valid_frames` are padding."""
+    """One encoded clip. codes: int16 [K, T]; frames at or after `valid_frames` are padding.
+    chroma: melody models only, float32 [T_chroma, n_chroma] (melody.clip_chroma)."""
 
     clip_id: str
     codes: torch.Tensor
     valid_frames: int
     descriptions: list[str]
+    chroma: torch.Tensor | None = None
 
 
 def valid_frames(n_valid_samples: int, sample_rate: int, frame_rate: float, n_frames: int) -> int:
@@ -64,19 +72,30 @@ def valid_frames(n_valid_samples: int, sample_rate: int, frame_rate: float, n_fr
     return min(math.floor(n_valid_samples * frame_rate / sample_rate), n_frames)
 
 
+def to_model_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    """[T] or [C, T] -> [channels, T], as audiocraft converts audio for a model (mono is averaged;
+    a mono clip given to a stereo model is duplicated, more channels are cut to the first two)."""
+    from audiocraft.data.audio_utils import convert_audio_channels
+
+    wav = torch.from_numpy(np.asarray(audio, dtype=np.float32)).reshape(-1, np.shape(audio)[-1])
+    return convert_audio_channels(wav, channels).numpy()
+
+
 @torch.no_grad()
 def encode_audio(model, audio: list[np.ndarray], n_valid: list[int]) -> list[tuple[torch.Tensor, int]]:
-    """Encode equally long mono clips with the model's codec (on the codec's device).
+    """Encode equally long clips with the model's codec (on the codec's device).
 
     Args:
-        audio: float32 [T] each, at model.sample_rate, all of one length.
+        audio: float32 [T] or [C, T] each, at model.sample_rate, all of one length; converted to the
+            model's channels (stereo models: 2, encoded by audiocraft's InterleaveStereoCompressionModel).
         n_valid: real samples at the start of each clip (the rest is padding).
     Returns:
-        (codes int16 [K, T_frames] on CPU, valid frames) per clip.
+        (codes int16 [K, T_frames] on CPU, valid frames) per clip; K = 8 for stereo models
+        ([L1, R1, L2, R2, ...]).
     """
     codec = model.compression_model
     device = next(codec.parameters()).device
-    wav = torch.from_numpy(np.stack(audio))[:, None].to(device)  # [B, 1, T]
+    wav = torch.from_numpy(np.stack([to_model_channels(a, model.audio_channels) for a in audio])).to(device)  # [B, C, T]
     codes, _ = codec.encode(wav)  # [B, K, T_frames]
     return [(c.cpu().to(torch.int16), valid_frames(n, model.sample_rate, model.frame_rate, c.shape[-1]))
             for c, n in zip(codes, n_valid)]
@@ -111,7 +130,7 @@ def _read_index(folder: Path) -> tuple[dict[str, dict], dict[str, dict]]:
         return {}, {}
 
 
-def _read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+def read_shard(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     """The shard's tensors, or {} when it is missing, torn or not the file the index describes."""
     try:
         data = path.read_bytes()
@@ -149,7 +168,9 @@ class _ShardWriter:
         """Write one new shard of `items` (TokenItem, index entry without its shard)."""
         name = f"shard-{self.next:05d}.safetensors"
         self.next += 1
-        data = save_safetensors({it.clip_id: it.codes.contiguous() for it, _ in items})
+        tensors = {it.clip_id: it.codes.contiguous() for it, _ in items}
+        tensors.update({it.clip_id + CHROMA: it.chroma.contiguous() for it, _ in items if it.chroma is not None})
+        data = save_safetensors(tensors)
         with atomic_path(self.folder / name) as tmp:
             tmp.write_bytes(data)
         self.shards[name] = {"clips": len({it.clip_id for it, _ in items}), "bytes": len(data),
@@ -177,9 +198,12 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
         TokenItems in manifest order (codes int16 [K, T]); clips that cannot be read are reported in
         <root>/reports/tokens_problems.jsonl and left out.
     """
+    from .melody import chroma_signature, clip_chroma, takes_melody
     from .model import weights_fingerprint
 
     csig = weights_fingerprint(model.compression_model)
+    melody = takes_melody(model)  # melody models: each clip's chroma is cached with its codes
+    msig = chroma_signature(model.lm) if melody else None
     folder = DataLayout(root).root / "tokens" / slugify(codec_name) / split
     problems = ProblemLog.for_stage(root, "tokens")
     clips = split_clips(root, split, problems)
@@ -191,16 +215,18 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
     by_shard: dict[str, list[Clip]] = {}
     for clip in clips:
         e = old_clips.get(clip.clip_id)
-        if e and e["audio_sig"] == _audio_sig(clip.path) and e["codec_sig"] == csig:
+        if e and e["audio_sig"] == _audio_sig(clip.path) and e["codec_sig"] == csig and e.get("chroma_sig") == msig:
             by_shard.setdefault(e["shard"], []).append(clip)
     for name, group in by_shard.items():
-        tensors = _read_shard(folder / name, old_shards[name])
+        tensors = read_shard(folder / name, old_shards[name])
         for clip in group:
             e, codes = old_clips[clip.clip_id], tensors.get(clip.clip_id)
+            chroma = tensors.get(clip.clip_id + CHROMA) if melody else None
             if (codes is None or codes.dtype != torch.int16 or codes.dim() != 2 or codes.shape[1] != e["frames"]
-                    or not 0 <= e["valid_frames"] <= e["frames"]):
+                    or not 0 <= e["valid_frames"] <= e["frames"]
+                    or (melody and (chroma is None or chroma.dim() != 2 or chroma.dtype != torch.float32))):
                 continue
-            items[clip.clip_id] = TokenItem(clip.clip_id, codes, e["valid_frames"], clip.descriptions)
+            items[clip.clip_id] = TokenItem(clip.clip_id, codes, e["valid_frames"], clip.descriptions, chroma)
             out.keep(name, old_shards[name], clip.clip_id, {**e, "descriptions": clip.descriptions})
 
     # encode the rest; every SHARD_CLIPS new clips become a shard and the index is saved with it
@@ -210,17 +236,19 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
         batch, audio = [], []
         for clip in todo[i : i + batch_size]:
             try:
-                audio.append(load_audio(clip.path, model.sample_rate))
+                audio.append(load_audio(clip.path, model.sample_rate, mono=model.audio_channels == 1))
                 batch.append(clip)
             except (OSError, ValueError) as e:  # e.g. a clip damaged by an interrupted Drive sync: skip it, say which
                 problems.add(clip.path, str(e))
         if not batch:
             continue
         n_valid = [round((c.duration - c.padded_seconds) * model.sample_rate) for c in batch]
-        for clip, (codes, frames) in zip(batch, encode_audio(model, audio, n_valid)):
-            items[clip.clip_id] = item = TokenItem(clip.clip_id, codes, frames, clip.descriptions)
+        for clip, wav, (codes, frames) in zip(batch, audio, encode_audio(model, audio, n_valid)):
+            chroma = clip_chroma(model.lm, wav, model.sample_rate) if melody else None
+            items[clip.clip_id] = item = TokenItem(clip.clip_id, codes, frames, clip.descriptions, chroma)
             pending.append((item, {"frames": codes.shape[1], "valid_frames": frames, "descriptions": clip.descriptions,
-                                   "audio_sig": _audio_sig(clip.path), "codec_sig": csig}))
+                                   "audio_sig": _audio_sig(clip.path), "codec_sig": csig,
+                                   **({"chroma_sig": msig} if melody else {})}))
         while len(pending) >= SHARD_CLIPS:
             out.write(pending[:SHARD_CLIPS])
             out.write_index()

@@ -74,7 +74,7 @@ $PIP --no-deps -e .
 #    yt-dlp finds the JavaScript runtime YouTube needs (deno's binary; no network involved).
 step "final check (imports, yt-dlp's JavaScript runtime)"
 fail() { echo "$1"; echo "jpop-musicgen: install check FAILED"; exit 1; }
-imports="import jpop_helpers, audiocraft.models, essentia.standard, yt_dlp, yt_dlp_ejs"
+imports="import jpop_helpers, audiocraft.models, demucs.apply, demucs.hf, essentia.standard, yt_dlp, yt_dlp_ejs"
 [ -n "${DEV:-}" ] && imports="$imports, music21, pytest, papermill, hypothesis"
 out=$(TF_CPP_MIN_LOG_LEVEL=3 $PY -c "$imports" 2>&1) || fail "$out"
 out=$($PY -c "import subprocess, deno; print(subprocess.run([deno.find_deno_bin(), '--version'], capture_output=True, text=True, check=True).stdout.split()[1])" 2>&1) \

@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -285,6 +286,82 @@ def _save_pkg(path: Path, cfg, state: dict) -> None:
     from omegaconf import OmegaConf
 
     torch.save({"best_state": state, "xp.cfg": OmegaConf.to_yaml(cfg), "version": "1.3.0", "exported": True}, path)
+
+
+# ---------------------------------------------------------------- Demucs (htdemucs), for vocal removal
+DEMUCS_REPO = "adefossez/HTDemucs"  # demucs.hf.hf_repo_name('htdemucs')
+DEMUCS_SOURCES = ["drums", "bass", "other", "vocals"]
+# The released htdemucs (signature 955717e8): demucs's conf/config.yaml `htdemucs` section with the
+# overrides of its grid (grids/mmi.py: dconv_mode 3, t_dropout 0.02, bottom_channels 512, 5 transformer
+# layers) and the 7.8-s segment of the release; HTDemucs's other defaults are the config's.
+HTDEMUCS_FULL_KWARGS = {"sources": DEMUCS_SOURCES, "audio_channels": 2, "samplerate": 44100,
+                        "segment": Fraction(39, 5), "channels": 48, "depth": 4, "nfft": 4096, "dconv_mode": 3,
+                        "t_layers": 5, "t_dropout": 0.02, "bottom_channels": 512, "multi_freqs": []}
+# The stand-in: the same class, far fewer channels, one transformer layer, a 2048-point STFT and 2-s
+# segments (apply_model pads every input to a whole segment: 7.8 s would cost 4x on a 2-s test song).
+# About 0.16 s of CPU per second of audio, against ~1.3 s for the 5-s songs of the full-STFT variant.
+HTDEMUCS_SMALL_KWARGS = {**HTDEMUCS_FULL_KWARGS, "channels": 8, "t_layers": 1, "bottom_channels": 0,
+                         "t_heads": 2, "nfft": 2048, "segment": Fraction(2)}
+
+
+def _demucs_json_default(value):
+    """demucs's tools/export_hf.py `_json_default`: fractions as tagged dicts, anything else as str."""
+    if isinstance(value, Fraction):
+        return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
+    return str(value)
+
+
+def save_demucs_safetensors(model, path: Path) -> None:
+    """One demucs model as export_hf.py's `convert_checkpoint` writes it: the weights (half precision,
+    as demucs's serialize_model stores releases) plus 'klass', 'args', 'kwargs' as JSON metadata."""
+    from safetensors.torch import save_file
+
+    args, kwargs = model._init_args_kwargs  # demucs's capture_init records them
+    klass = type(model)
+    metadata = {"klass": f"{klass.__module__}.{klass.__qualname__}",
+                "args": json.dumps(list(args), default=_demucs_json_default),
+                "kwargs": json.dumps(kwargs, default=_demucs_json_default)}
+    tensors = {k: v.detach().to("cpu", torch.half).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def build_htdemucs(full: bool = False, seed: int = 0):
+    """A real `demucs.htdemucs.HTDemucs`, random weights: the released architecture (`full`) or small."""
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    kwargs = copy.deepcopy(HTDEMUCS_FULL_KWARGS if full else HTDEMUCS_SMALL_KWARGS)
+    return HTDemucs(**kwargs).eval()
+
+
+def write_demucs_repo(folder: str | Path, name: str = "htdemucs", full: bool = False, seed: int = 0) -> Path:
+    """A local demucs model repository, as the hub repository holds it: `<name>.yaml` (the bag:
+    `models: [<sig>]`) and `<sig>.safetensors`. The signature is derived from the weights, like
+    demucs's 8-hex-digit checkpoint signatures. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_htdemucs(full, seed)
+    tmp = folder / f".{name}.tmp.safetensors"
+    save_demucs_safetensors(model, tmp)
+    sig = _sha256(tmp)[:8]
+    tmp.rename(folder / f"{sig}.safetensors")
+    (folder / f"{name}.yaml").write_text(f"models: ['{sig}']\n")
+    return folder
+
+
+def build_demucs_standin(cache_dir: str | Path, full: bool = False, seed: int = 0) -> Path:
+    """Write `adefossez/HTDemucs` into the hub cache `cache_dir` (use as HF_HUB_CACHE, e.g. with
+    `offline_hub`): `htdemucs.yaml` + `<sig>.safetensors` holding a real HTDemucs with random weights,
+    so that demucs's own hub loader (`demucs.hf.get_hf_model('htdemucs')`, which audiocraft's melody
+    conditioner reaches through `demucs.pretrained.get_model`) and `separate.load_separator` run offline.
+    Returns the snapshot folder."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        folder = write_demucs_repo(Path(tmp) / "repo", "htdemucs", full, seed)
+        files = {p.name: p for p in folder.iterdir()}
+        rev = _fake_commit(DEMUCS_REPO, *sorted(files), str(full), str(seed))
+        return put_repo(cache_dir, DEMUCS_REPO, files, rev)
 
 
 if __name__ == "__main__":  # python tests/hub_standin.py <cache_dir> [num_layers] [t5_num_layers]

@@ -33,3 +33,16 @@ def test_silent_chunks_are_dropped_but_quiet_music_is_kept():
     kept, dropped = chunk_audio(audio, ChunkConfig(sample_rate=SR, chunk_seconds=10, silence_db=-60))
     assert [c.index for c in kept] == [0, 2]
     assert dropped[0][0] == 1 and "silent" in dropped[0][1]
+
+
+def test_stereo_chunks_keep_both_channels_and_judge_silence_on_the_mix():
+    left, right = noise(25, 0.1, seed=1), noise(25, 0.1, seed=2)
+    right[10 * SR : 20 * SR] = 0.0  # one channel silent: the chunk is still music
+    left[20 * SR :] = right[20 * SR :] = 0.0  # both silent: dropped
+    stereo = np.stack([left, right])
+    kept, dropped = chunk_audio(stereo, ChunkConfig(sample_rate=SR, chunk_seconds=10, min_tail_seconds=4, channels=2))
+    assert [c.index for c in kept] == [0, 1] and dropped[0][0] == 2 and "silent" in dropped[0][1]
+    assert all(c.audio.shape == (2, 10 * SR) for c in kept)
+    assert np.array_equal(kept[1].audio[0], left[10 * SR : 20 * SR]) and np.array_equal(kept[1].audio[1], right[10 * SR : 20 * SR])
+    padded, _ = chunk_audio(stereo[:, : 15 * SR], ChunkConfig(sample_rate=SR, chunk_seconds=10, min_tail_seconds=4))
+    assert padded[1].audio.shape == (2, 10 * SR) and padded[1].n_valid == 5 * SR and not padded[1].audio[:, 5 * SR :].any()

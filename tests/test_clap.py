@@ -109,7 +109,7 @@ def test_evaluate_run_reports_clap_scores_and_clap_fad(data_copy, run_copy, tiny
 
     run = run_copy
     with pytest.warns(UserWarning):
-        s = evaluate_run(data_copy, run, EvalConfig(n_prompts=2, duration=1.0), clap=tiny_clap)
+        s = evaluate_run(data_copy, run, EvalConfig(n_prompts=2, duration=1.0, vggish=None), clap=tiny_clap)
     assert {r["model"] for r in s["clap"]} == {"base", "finetuned"} and all(r["clips"] == 2 for r in s["clap"])
     assert {r["embedder"] for r in s["fad"]} == {"mel-stats (offline fallback)", "clap:tiny-test-clap"}
     assert {(r["model"], r["clips_a"]) for r in s["fad"] if r["comparable"]} == {("base", 2), ("finetuned", 2)}
@@ -123,6 +123,6 @@ def test_an_unreachable_checkpoint_is_reported_and_the_rest_goes_on(data_copy, r
     run = run_copy
     (tmp_path / "no-clap").mkdir()
     with pytest.warns(UserWarning):
-        s = evaluate_run(data_copy, run, EvalConfig(n_prompts=1, duration=1.0, clap_checkpoint=str(tmp_path / "no-clap")))
+        s = evaluate_run(data_copy, run, EvalConfig(n_prompts=1, duration=1.0, clap_checkpoint=str(tmp_path / "no-clap"), vggish=None))
     assert s["clap"] == [] and "not available" in s["clap_note"] and s["ce"]
     assert "not available" in (run / "eval" / "report.md").read_text()

@@ -74,7 +74,7 @@ def test_prepare_cli_on_demo_data(demo_root, tmp_path, capsys):
 
     root = tmp_path / "r"
     shutil.copytree(demo_root / "raw", root / "raw")
-    code = main(["prepare", "--root", str(root), "--dsp-only", "--chunk-seconds", "10", "--min-tail-seconds", "4",
+    code = main(["prepare", "--root", str(root), "--dsp-only", "--keep-vocals", "--chunk-seconds", "10", "--min-tail-seconds", "4",
                  "--group-by", "artist", "--valid-fraction", "0.34", "--test-fraction", "0.33"])
     out = capsys.readouterr().out
     assert code == 0 and "prepare:" in out and "data_summary.png" in out

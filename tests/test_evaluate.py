@@ -14,7 +14,7 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(data_copy, r
         ffmpeg_tone(other / f"metal{i}.wav", 6, 110 + 40 * i)
     (other / "broken.mp3").write_bytes(b"not audio at all")
     cfg = EvalConfig(n_prompts=2, user_prompts=["calm city pop at night"], duration=1.0, other_genre_dir=str(other),
-                     clap_checkpoint=None,
+                     clap_checkpoint=None, vggish=str(tmp_path / "no-vggish.pth"),
                      other_genre_prompt="heavy metal")
     with pytest.warns(UserWarning, match="FAD is unstable"):
         summary = evaluate_run(demo_root, tiny_run, cfg)
@@ -31,6 +31,7 @@ def test_evaluate_run_writes_a_report_and_the_ab_summary_updates_it(data_copy, r
     report = (tiny_run / "eval" / "report.md").read_text()
     for section in ("Cross-entropy and perplexity", "other_genre", "Fréchet Audio Distance", "Blind A/B", "No judgments"):
         assert section in report
+    assert "VGGish not available" in report and "CLAP skipped" in report  # each missing embedder is named
 
     session = ABSession(summary["pairs"], tiny_run / "eval" / "ab_results.csv", seed=0)
     while session.current() is not None:  # a listener who prefers the fine-tuned model
@@ -51,12 +52,12 @@ def test_re_evaluating_after_more_training_judges_only_the_new_clips(data_copy, 
     from jpop_helpers.runs import read_run_config
     from jpop_helpers.train import TrainConfig, train
 
-    cfg = EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None)
+    cfg = EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None, vggish=None)
     with pytest.warns(UserWarning):
         first = evaluate_run(data_copy, run_copy, cfg)
     session = ABSession(first["pairs"], run_copy / "eval" / "ab_results.csv")
     session.judge("A")
-    assert refresh_report(run_copy)["ab"]["decisive"] == 1
+    assert refresh_report(run_copy)["ab"][0]["decisive"] == 1
     more = TrainConfig(**{**read_run_config(run_copy), "steps": 22})
     train(more, run_copy, *tiny_tokens, device="cpu")  # two more steps
     with pytest.warns(UserWarning):
@@ -74,7 +75,7 @@ def test_an_empty_test_split_is_named(data_copy, run_copy):
 
     (data_copy / "manifests" / "test" / "data.jsonl").write_text("")
     with pytest.raises(EmptySplitError, match="the test split has no clips"):
-        evaluate_run(data_copy, run_copy, EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None))
+        evaluate_run(data_copy, run_copy, EvalConfig(n_prompts=1, duration=0.5, clap_checkpoint=None, vggish=None))
 
 
 def test_any_number_of_models_and_a_forgetting_token_set(data_copy, run_copy, tiny_tokens, tmp_path):
@@ -96,7 +97,7 @@ def test_any_number_of_models_and_a_forgetting_token_set(data_copy, run_copy, ti
     forgetting = folder_items(base, other, "organ music")
     out = tmp_path / "eval"
     with pytest.warns(UserWarning, match="indicative only"):
-        s = evaluate_models(data_copy, out, models, EvalConfig(n_prompts=2, duration=1.0, clap_checkpoint=None, n_boot=20),
+        s = evaluate_models(data_copy, out, models, EvalConfig(n_prompts=2, duration=1.0, clap_checkpoint=None, vggish=None, n_boot=20),
                             codec_name="tiny", forgetting=forgetting, info={"title": "demo"})
     assert s["models"] == ["base", "full", "lora"]  # the base first, whatever the order given
     ce = {(r["split"], r["model"]): r for r in s["ce"]}

@@ -131,3 +131,66 @@ def test_a_set_with_a_single_frame_gives_nan_and_says_why_instead_of_crashing(tm
     with pytest.warns(UserWarning, match="a covariance needs 2 or more"):
         row = fad(MelStatsEmbedder(n_mels=8), one, many)
     assert np.isnan(row["fad"]) and not row["reliable"] and row["frames_a"] == 1
+
+
+@pytest.fixture(scope="module")
+def vggish_standin(tmp_path_factory):
+    """torchvggish's own VGGish class with random weights, saved as the published file is (a state dict)."""
+    import torch
+
+    pytest.importorskip("torchvggish", reason="VGGish-FAD needs `pip install torchvggish resampy`")
+    from torchvggish.torchvggish import _vgg
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vggish") / "vggish-standin.pth"
+    torch.save(_vgg(postprocess=False).state_dict(), path)
+    yield path
+    path.unlink()  # 290 MB
+
+
+def test_vggish_fad_equals_a_reference_computation_on_the_same_embeddings(vggish_standin, tmp_path):
+    """fad() with VGGish == torchvggish's front end and model driven by hand (16 kHz, 0.96-s examples),
+    then the textbook Fréchet distance; 2-s clips give 2 examples each (VGGish is costly on a CPU)."""
+    import torch
+    from torchvggish.vggish_input import waveform_to_examples
+
+    from jpop_helpers.fad import VGGishEmbedder
+    from jpop_helpers.io import load_audio
+
+    emb = VGGishEmbedder.load(vggish_standin)
+    a = [ffmpeg_tone(tmp_path / f"a{i}.wav", 2, 220 + 40 * i, rate=16000) for i in range(3)]
+    b = [ffmpeg_tone(tmp_path / f"b{i}.wav", 2, 1800 + 90 * i, rate=16000) for i in range(3)]
+    with pytest.warns(UserWarning, match="indicative only"):
+        row = fad(emb, a, b, n_boot=0)
+
+    def by_hand(files):
+        out = []
+        for f in files:
+            x = waveform_to_examples(load_audio(f, 16000).astype(np.float64), 16000, return_tensor=True)
+            with torch.no_grad():
+                out.append(emb.model(x.detach()).double().numpy())
+        return np.concatenate(out)
+
+    ea, eb = by_hand(a), by_hand(b)
+    assert ea.shape == (6, 128) and (row["frames_a"], row["frames_b"]) == (6, 6) and row["comparable"]
+    assert row["fad"] == pytest.approx(_scipy_reference(ea, eb), rel=1e-3) and row["fad"] > 0
+
+
+def test_vggish_weights_that_would_run_code_are_refused(tmp_path):
+    import pickle
+
+    import torch
+
+    from jpop_helpers.fad import VGGishEmbedder
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "vggish-evil.pth"
+    torch.save({"features.0.weight": Payload()}, bad)
+    with pytest.raises(pickle.UnpicklingError):
+        VGGishEmbedder.load(bad)
+    assert not marker.exists()

@@ -49,7 +49,8 @@ def tree(folder, skip=()):
 def test_prepare_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_path):
     import shutil
 
-    args = lambda root: ["prepare", "--root", str(root), "--dsp-only", "--chunk-seconds", "10",
+    # --keep-vocals: the demo corpus has no vocals and no separator weights exist offline
+    args = lambda root: ["prepare", "--root", str(root), "--dsp-only", "--keep-vocals", "--chunk-seconds", "10",
                          "--min-tail-seconds", "4"]
     artists = sorted((demo_root / "raw").iterdir())[:2]  # four songs keep it quick
     copy_raw = lambda root: [shutil.copytree(a, root / "raw" / a.name) for a in artists]
@@ -61,6 +62,12 @@ def test_prepare_killed_then_rerun_equals_an_uninterrupted_run(demo_root, tmp_pa
         root = tmp_path / f"killed-{point}"
         copy_raw(root)
         run(args(root), kill_after=wall * point)
+        for attempt in (1, 2):  # the reference ran slower (a loaded machine): kill earlier, on a fresh copy
+            if not (root / "labels.csv").exists():
+                break
+            shutil.rmtree(root)
+            copy_raw(root)
+            run(args(root), kill_after=wall * point / 2 ** attempt)
         interrupted += not (root / "labels.csv").exists()  # else the kill came after the end
         run(args(root))
         for sub in ("clips", "manifests"):

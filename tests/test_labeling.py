@@ -51,3 +51,13 @@ def test_select_top_applies_k_and_threshold():
     assert select_top(names, scores, 2, 0.1) == ["j-pop", "ballad"]
     assert select_top(names, scores, 5, 0.1) == ["j-pop", "ballad", "synth-pop"]
     assert select_top(names, scores, 5, 0.9) == []
+
+
+def test_an_instrumental_loses_only_its_voice_tags():
+    from jpop_helpers.labeling import ClipLabels, without_vocal_tags
+
+    labels = ClipLabels(key="A minor", bpm=120.0, genres=["j-pop", "vocal"], moods=["happy"],
+                        instruments=["voice", "piano", "drums"], scores={"instruments": {"voice": 0.4, "piano": 0.3}})
+    out = without_vocal_tags(labels)
+    assert out.genres == ["j-pop"] and out.instruments == ["piano", "drums"] and out.moods == ["happy"]
+    assert out.key == "A minor" and out.scores == labels.scores and labels.instruments[0] == "voice"  # input untouched

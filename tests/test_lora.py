@@ -40,3 +40,37 @@ def test_lora_adapts_the_packed_attention_projection_and_merges_exactly():
         after = merged.compute_predictions(codes, [], cond(merged)).logits
     valid = torch.isfinite(before)
     assert torch.allclose(before[valid], after[valid], atol=1e-5)
+
+
+def test_the_lent_packed_projection_forward_equals_pefts_own():
+    """add_lora replaces peft's per-call parametrization of in_proj_weight by lending W + delta to the
+    attention: the same logits and the same adapter gradients (including under activation checkpointing)."""
+    import copy
+
+    from peft.tuners.lora.layer import ParamWrapper
+
+    torch.manual_seed(0)
+    lent = add_lora(load_musicgen("tiny", "cpu").lm, LoraConfig(rank=4))
+    for n, p in lent.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    own = copy.deepcopy(lent)
+    wrappers = [m for m in own.modules() if isinstance(m, ParamWrapper)]
+    assert wrappers and all("forward" in m.__dict__ for m in wrappers)
+    for m in wrappers:
+        del m.forward  # back to peft's ParamWrapper.forward
+    own.transformer.checkpointing = lent.transformer.checkpointing = "torch"
+    codes = torch.randint(400, (2, 4, 12))
+    attrs = [ConditioningAttributes(text={"description": t}) for t in ("calm piano", None)]
+    out = {}
+    for name, m in (("lent", lent), ("own", own)):
+        logits = m.compute_predictions(codes, [], m.condition_provider(m.condition_provider.tokenize(attrs))).logits
+        logits.nan_to_num(0.0).pow(2).mean().backward()
+        out[name] = logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+    assert torch.equal(out["lent"][0].isnan(), out["own"][0].isnan())
+    assert torch.allclose(out["lent"][0].nan_to_num(), out["own"][0].nan_to_num(), atol=1e-6)
+    grads = out["lent"][1]
+    assert any("in_proj" in n or ".self_attn.lora_A" in n for n in grads)
+    assert set(grads) == set(out["own"][1])
+    assert all(torch.allclose(grads[n], out["own"][1][n], atol=1e-6) for n in grads)
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n)

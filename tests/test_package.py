@@ -9,9 +9,10 @@ PACKAGE = REPO / "jpop_helpers"
 LAYERS = [
     {"io", "layout", "colab", "cliargs", "install", "listen", "precision", "optim", "distributed", "chunking", "lora",
      "codec_fit"},
-    {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model"},
+    {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model", "separate", "sampler",
+     "melody"},
     {"manifest", "download"},
-    {"tokens", "prepare", "plan"},
+    {"tokens", "prepare", "plan", "conditions"},
     {"batches", "runs"},
     {"loss", "plots"},
     {"train"},

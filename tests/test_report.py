@@ -109,3 +109,23 @@ def test_the_fad_plot_draws_each_value_with_its_interval():
     assert list(points) == [9.0, 5.0, 8.5]
     segments = ax.collections[0].get_segments()  # the error bars: one vertical segment per model
     assert [tuple(np.round(seg[:, 1], 6)) for seg in segments] == [(8.0, 10.0), (4.0, 6.0), (7.5, 9.5)]
+
+
+def test_an_evaluation_from_before_multi_model_reports_still_refreshes(tmp_path):
+    """summary.json written by the previous version (base vs "finetuned", FAD without intervals): the
+    notebook's last cell (refresh_report) must still work on it, and never call it distinguishable."""
+    import json
+
+    from jpop_helpers.report import refresh_report
+
+    (tmp_path / "eval").mkdir()
+    old = {"run": str(tmp_path), "base_model": "tiny", "mode": "full", "curves": None, "prompts": ["a"], "pair_ids": [],
+           "ab": None, "clap": [], "clap_note": None,
+           "ce": [{"split": "test", "model": m, "clips": 2, "tokens": 10, "ce": 5.0, "ppl": 148.4, "ce_q1": 5.0}
+                  for m in ("base", "finetuned")],
+           "fad": [{"model": m, "fad": f, "embedder": "mel-stats", "clips_a": 2, "clips_b": 3, "frames_a": 8,
+                    "frames_b": 9, "reliable": False, "warning": "few"} for m, f in (("base", 9.0), ("finetuned", 1.0))]}
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(old))
+    s = refresh_report(tmp_path)
+    assert s["verdict"]["models"]["finetuned"]["unclear"] == 1  # no interval: a lower FAD alone proves nothing
+    assert "## Verdict" in (tmp_path / "eval" / "report.md").read_text()

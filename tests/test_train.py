@@ -173,3 +173,60 @@ def test_fp32_nan_never_reaches_the_weights_and_a_run_of_them_stops_with_the_che
     train(cfg, tmp_path / "ref", train_items, [], device="cpu", stop_after=2)  # the same run, two good steps
     ref = checkpoint_state(tmp_path / "ref")["model"]
     assert all(torch.equal(ref[k], newest["model"][k]) for k in ref)  # skipped steps left the weights as at step 2
+
+
+def test_a_log_row_averages_the_steps_since_the_previous_one(tiny_tokens, tmp_path):
+    """Numbers stay on the device between log rows; a row holds the mean CE of its window."""
+    train_items, _ = tiny_tokens
+    every = {n: train(tiny_config("full", steps=3, log_every=n, eval_every=100), tmp_path / str(n), train_items, [],
+                      device="cpu") for n in (1, 2)}
+    ce = {n: {m["step"]: m["train/ce"] for m in r.metrics if "train/ce" in m} for n, r in every.items()}
+    assert sorted(ce[2]) == [2, 3]  # every 2 steps, and the last
+    assert ce[2][2] == pytest.approx((ce[1][1] + ce[1][2]) / 2, rel=1e-9)
+    assert ce[2][3] == pytest.approx(ce[1][3], rel=1e-9)
+
+
+def test_compiled_layers_train_the_same(tiny_tokens, tmp_path, monkeypatch):
+    """compile=True: each layer goes through torch.compile (TorchDynamo; here with its 'eager' backend, no
+    code generation, to stay fast), with the same losses and checkpoint keys."""
+    import jpop_helpers.train as T
+
+    monkeypatch.setattr(T, "COMPILE_BACKEND", "eager")
+    train_items, _ = tiny_tokens
+    runs = [train(tiny_config("full", steps=1, compile=c, cfg_dropout=0.0, eval_every=100), tmp_path / str(c),
+                  train_items, [], device="cpu") for c in (False, True)]
+    a, b = ([m["train/ce"] for m in r.metrics if "train/ce" in m] for r in runs)
+    assert a == pytest.approx(b, rel=1e-5)
+    assert set(checkpoint_state(tmp_path / "True")["model"]) == set(checkpoint_state(tmp_path / "False")["model"])
+
+
+@pytest.mark.gpu
+def test_attention_runs_in_the_flash_kernel_on_a_gpu():
+    """The loop's attention is PyTorch's flash kernel on a GPU that has it (sm80+, bf16): run a step with
+    only that kernel allowed (an error otherwise) and find it in the profile."""
+    from audiocraft.models import builders
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    from omegaconf import OmegaConf
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from jpop_helpers.loss import LMLoss
+    from jpop_helpers.model import tiny_lm_cfg
+    from jpop_helpers.optim import make_optimizer
+    from jpop_helpers.train import attention_kernels
+
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("flash attention needs compute capability 8.0+ (a T4 uses the memory-efficient kernel)")
+    lm = builders.get_lm_model(OmegaConf.create({**tiny_lm_cfg(dim=256, num_layers=2, num_heads=4), "device": "cuda"}))
+    step = LMLoss(lm.float().train())
+    codes = torch.randint(400, (2, 4, 300), device="cuda")
+    attrs = [ConditioningAttributes(text={"description": "calm piano"})] * 2
+    assert make_optimizer(list(lm.parameters()), "adamw", 1e-4, 0.0).defaults["fused"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            ce, _, _ = step(codes, torch.ones_like(codes, dtype=torch.bool), attrs)
+        ce.backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16), attention_kernels("cuda"):  # the loop's own context
+            step(codes, torch.ones_like(codes, dtype=torch.bool), attrs)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention" in ops and "aten::_scaled_dot_product_flash_attention_backward" in ops
+    assert not any("attention_math" in k for k in ops)
