@@ -77,29 +77,27 @@ def demo_root(tmp_path_factory) -> Path:
     return base / "root"
 
 
+DEMO_STORY_ARGS = ["--seconds", "20"]  # every piece of both families, 20 s each (2 clips): ~70 s on 2 cores
+
+
 @pytest.fixture(scope="session")
-def demo_story(demo_root, tmp_path_factory):
-    """The offline demo's story, small: a base pretrained on the base family (2 songs of each of its 3
-    artists, 25 s each), then fine-tuned full and LoRA on the genre family (`demo_root`), as
-    `python -m jpop_helpers demo` does it. Returns (demo.Story, the story's CE dict from demo.story_ce)."""
-    from jpop_helpers.demo import (DEMO_LR, Story, finetune_both, prepare_family, pretrain_base, story_ce, story_items,
-                                   story_models)
-    from jpop_helpers.train import TrainConfig
+def demo_story(tmp_path_factory):
+    """The README's demo command, `python -m jpop_helpers demo`, run once with shorter pieces: both
+    families rendered, downloaded and prepared, the base pretrained, fine-tuned full and LoRA, all three
+    evaluated. Returns (data root, what it printed, eval summary.json, the story's CE dict)."""
+    import contextlib
+    import io
 
-    base = tmp_path_factory.mktemp("story")
-    prepare_family(base / "base-family", base / "corpus", "base", demo_prepare_config(), seconds=25, per_artist=2)
-    cfg = TrainConfig(model="tiny", steps=STORY_STEPS, batch_size=4, grad_accum=1, warmup_steps=5,
-                      eval_every=STORY_STEPS, save_every=STORY_STEPS * 10, log_every=STORY_STEPS)
-    pre = dataclasses.replace(cfg, steps=STORY_BASE_STEPS, lr=DEMO_LR["base"], eval_every=STORY_BASE_STEPS,
-                              save_every=STORY_BASE_STEPS)
-    model = pretrain_base(base / "base-family", base / "runs" / "tiny-base", base / "models" / "base", pre)
-    runs = finetune_both(demo_root, base / "runs", model, cfg, DEMO_LR)
-    story = Story(model, runs, demo_root, base / "base-family")
-    models = story_models(story)
-    return story, story_ce(models, *story_items(story, models))
+    from jpop_helpers.cli import main
+    from jpop_helpers.demo import story_from_rows
 
-
-STORY_STEPS, STORY_BASE_STEPS = 30, 150  # the demo's ratio of pretraining to fine-tuning steps (5), made short
+    root = tmp_path_factory.mktemp("story") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--root", str(root), *DEMO_STORY_ARGS])
+    assert code == 0, printed.getvalue()[-3000:]
+    summary = json.loads((root / "eval" / "summary.json").read_text())
+    return root, printed.getvalue(), summary, story_from_rows(summary["ce"])
 
 
 def demo_prepare_config():

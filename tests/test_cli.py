@@ -117,21 +117,6 @@ def test_export_generate_and_evaluate_cli_on_a_run(data_copy, run_copy, tmp_path
     assert (run / "eval" / "report.md").exists()
 
 
-@pytest.mark.slow
-def test_the_readme_demo_command_runs_every_stage(tmp_path, capsys):
-    """`python -m jpop_helpers demo`, made small: both families rendered, downloaded and prepared, the base
-    pretrained, fine-tuned in both modes, all three evaluated."""
-    code = main(["demo", "--root", str(tmp_path / "demo"), "--seconds", "14", "--per-artist", "2",
-                 "--chunk-seconds", "6", "--min-tail-seconds", "3", "--train-steps", "4"])
-    out = capsys.readouterr().out
-    assert code == 0
-    for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
-        assert stage in out
-    assert (tmp_path / "demo" / "runs" / "tiny-lora" / "curves.png").exists()
-    assert (tmp_path / "demo" / "models" / "base" / "state_dict.bin").exists()
-    assert (tmp_path / "demo" / "eval" / "report.md").exists()
-
-
 def test_plan_cli_refuses_what_cannot_fit_and_prints_what_fits(capsys):
     assert main(["plan", "--model", "tiny", "--mode", "full", "--gpu-gib", "14.7"]) == 0
     assert "fits" in capsys.readouterr().out

@@ -1,40 +1,57 @@
-"""The offline demo tells a true story: the base knows its own family, fine-tuning (full and LoRA) lowers
-the held-out genre's CE, and LoRA moves the base's behaviour on its own family less than full
-fine-tuning does. Directions with margins, never exact values. At this scale the genre direction is
-fragile (README, "The offline demo": a single-threaded run of the same settings did not show it)."""
+"""The offline demo (the README's main command) runs every stage and tells a true story: the base knows
+its own family, fine-tuning (full and LoRA) lowers the held-out genre's CE, and it costs the base
+something on its own family. Directions with margins, never exact values: the margins are below what
+four runs of the demo measured (README, "The offline demo"), whose numbers move with the thread
+count and the seed (training a tiny LM from scratch is chaotic), but whose directions did not."""
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_readme_demo_command_runs_every_stage(demo_story):
+    root, printed, summary, _ = demo_story
+    for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
+        assert stage in printed
+    assert (root / "models" / "base" / "state_dict.bin").exists()  # the exported base
+    for mode in ("full", "lora"):
+        assert (root / "runs" / f"tiny-{mode}" / "curves.png").exists()
+    report = (root / "eval" / "report.md").read_text()
+    assert report.startswith("#") and "full" in report and "lora" in report
+    assert {"base", "full", "lora"} <= {r["model"] for r in summary["ce"]}
 
 
 def test_the_base_knows_its_own_family_better_than_the_genre(demo_story):
-    _, ce = demo_story
-    assert ce["base_family"]["base"] < ce["genre"]["base"] - 0.3, ce
+    """Measured: 5.45-5.65 nats on its family's held-out songs, 6.6-7.4 on the genre's."""
+    ce = demo_story[3]
+    assert ce["base_family"]["base"] < ce["genre"]["base"] - 0.5, ce
 
 
 def test_fine_tuning_lowers_the_held_out_genre_ce_full_and_lora(demo_story):
-    """Held-out genre songs (never trained on): both fine-tunes beat the base by a margin."""
-    _, ce = demo_story
-    g = ce["genre"]
-    assert g["full"] < g["base"] - 0.3, g
-    assert g["lora"] < g["base"] - 0.15, g
+    """Held-out genre songs (never trained on): both fine-tunes beat the base by a margin (measured:
+    full -0.63 to -1.07, LoRA -0.41 to -0.83), and full fine-tuning learns more in the same steps."""
+    g = demo_story[3]["genre"]
+    assert g["full"] < g["base"] - 0.25, g
+    assert g["lora"] < g["base"] - 0.2, g
+    assert g["full"] < g["lora"] - 0.05, g
 
 
-def test_lora_changes_the_base_family_ce_less_than_full_fine_tuning(demo_story):
-    """The forgetting check's direction. At the demo's scale the base has learned little of its family
-    that carries to held-out songs (its CE there is near log(400)), so fine-tuning on more music moves
-    that CE down as well as up: what holds is that LoRA, which leaves the embeddings, output heads and
-    the base's weights as they are, moves it less than full fine-tuning."""
-    _, ce = demo_story
-    b = ce["base_family"]
-    assert abs(b["full"] - b["base"]) > abs(b["lora"] - b["base"]) + 0.05, b
+def test_fine_tuning_on_the_genre_costs_the_base_on_its_own_family(demo_story):
+    """The forgetting check: CE on the base family's held-out songs rises after LoRA fine-tuning
+    (measured +0.31 to +0.53) and does not fall after full fine-tuning (+0.02 to +0.37). That full
+    fine-tuning forgets MORE than LoRA is not asserted: at this scale it forgot less in every run."""
+    b = demo_story[3]["base_family"]
+    assert b["lora"] > b["base"] + 0.1, b
+    assert b["full"] > b["base"] - 0.05, b
 
 
 def test_the_story_is_measured_on_held_out_songs_of_each_family(demo_story):
-    """No song the models trained on is in either test set, and each test set has clips."""
+    """No song the models trained on is in either test set, and each test set has several songs."""
     from jpop_helpers.manifest import split_clips
 
-    story, ce = demo_story
-    for root in (story.genre_root, story.base_root):
-        train = {c.song_id for c in split_clips(root, "train")}
-        test = {c.song_id for c in split_clips(root, "test")}
-        assert test and not train & test
+    root, _, _, ce = demo_story
+    for data in (root, root / "base-family"):
+        train = {c.song_id for c in split_clips(data, "train")}
+        test = {c.song_id for c in split_clips(data, "test")}
+        assert len(test) >= 2 and not train & test
     assert {r["split"] for r in ce["rows"]} == {"test", "other_genre"}
     assert all(r["tokens"] > 100 for r in ce["rows"])
