@@ -23,7 +23,7 @@ import torch
 from .colab import progress
 from .io import atomic_path, short_hash, write_wav
 from .manifest import split_clips
-from .sampler import SamplingParams, generate_tokens
+from .sampler import SamplingParams, generate_tokens, seeded_python_random
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def make_clips(model, prompts: list[str], seeds: list[int], config: GenerateConf
         wavs = []
         for prompt, seed, melody in zip(prompts, seeds, melodies):
             torch.manual_seed(seed)
-            with torch.no_grad():
+            with torch.no_grad(), seeded_python_random(seed):  # the melody's Demucs shift, as in the sampler
                 if melody is None:
                     wavs.append(model.generate([prompt]))
                 else:
