@@ -95,7 +95,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     config = config_from_args(TrainConfig, a)
     arch = read_arch(config.model)
-    plan, config = plan_training(arch, config, a.clip_seconds, a.gpu_gib)  # MemoryError: says what would fit
+    plan, config = plan_training(arch, config, a.clip_seconds, a.gpu_gib, a.gpus)  # MemoryError: says what would fit
     print(plan.describe())
     print(f"one checkpoint: ~{checkpoint_gib(arch, config.mode, config.resolved_optimizer(), config.lora.rank):.2f} GiB "
           f"(keep_last={config.keep_last}: {config.keep_last + 1} exist during a save)")
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="03/04: will a training choice fit the GPU and the disk? (no GPU needed)")
     p.add_argument("--gpu-gib", type=float, default=14.7, help="the GPU's memory (default: a Colab T4)")
     p.add_argument("--clip-seconds", type=float, default=30.0)
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of the run (--parallel fsdp splits the model over them)")
     add_config_args(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_plan)
 
