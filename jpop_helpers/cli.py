@@ -97,7 +97,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     config = config_from_args(TrainConfig, a)
     arch = read_arch(config.model)
-    plan, config = plan_training(arch, config, a.clip_seconds, a.gpu_gib)  # MemoryError: says what would fit
+    plan, config = plan_training(arch, config, a.clip_seconds, a.gpu_gib, a.gpus)  # MemoryError: says what would fit
     print(plan.describe())
     print(f"one checkpoint: ~{checkpoint_gib(arch, config.mode, config.resolved_optimizer(), config.lora.rank):.2f} GiB "
           f"(keep_last={config.keep_last}: {config.keep_last + 1} exist during a save)")
@@ -123,19 +123,23 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .generate import GenerateConfig, generate_set
+    from .generate import GenerateConfig, generate_set, read_melodies
     from .model import default_device, load_musicgen
 
     device = a.device or default_device()
+    missing = [p for p in a.melody or [] if not Path(p).is_file()]
+    if missing:  # before the (slow) model load
+        raise ValueError(f"melody file not found: {', '.join(missing)}")
     if a.run:
         from .runs import load_run_lm
 
         model, _ = load_run_lm(a.run, device)
     else:
         model = load_musicgen(a.model, device)
-    rows = generate_set({a.name: model}, a.prompt, a.out, config_from_args(GenerateConfig, a))
+    melodies = read_melodies(a.melody, len(a.prompt), model, a.run or a.model) if a.melody else None
+    rows = generate_set({a.name: model}, a.prompt, a.out, config_from_args(GenerateConfig, a), melodies=melodies)
     for r in rows:
-        print(f"{r['path']}: {r['prompt']} (seed {r['seed']})")
+        print(f"{r['path']}: {r['prompt']} (seed {r['seed']}{', melody ' + r['melody'] if r['melody'] else ''})")
     return 0
 
 
@@ -172,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="03/04: will a training choice fit the GPU and the disk? (no GPU needed)")
     p.add_argument("--gpu-gib", type=float, default=14.7, help="the GPU's memory (default: a Colab T4)")
     p.add_argument("--clip-seconds", type=float, default=30.0)
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of the run (--parallel fsdp splits the model over them)")
     add_config_args(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_plan)
 
@@ -192,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="generate with a run's fine-tuned model")
     p.add_argument("--name", default="model", help="sub-folder name for the files")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--melody", action="append", default=None, metavar="AUDIO",
+                   help="melody models: an audio file (any format) to follow; one for every prompt, or one per --prompt")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None)
     add_config_args(p.add_argument_group("sampling"), GenerateConfig)

@@ -25,7 +25,7 @@ def plan_run(root: str | Path, run_dir: str | Path, config: TrainConfig, device:
         the config to train with.
     """
     arch = read_arch(config.model)
-    gpu, config = plan_training(arch, config, clip_seconds_of(root), gpu_capacity(device))
+    gpu, config = plan_training(arch, config, clip_seconds_of(root), gpu_capacity(device), dist_info()[1])
     print(gpu.describe())
     print(check_disk(run_dir, checkpoint_gib(arch, config.mode, config.resolved_optimizer(), config.lora.rank),
                      config.keep_last))

@@ -23,7 +23,7 @@ import torch
 from .colab import progress
 from .io import atomic_path, short_hash, write_wav
 from .manifest import split_clips
-from .sampler import SamplingParams, generate_tokens
+from .sampler import SamplingParams, generate_tokens, seeded_python_random
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,32 @@ def _check_melodies(model, name: str, prompts: list[str], melodies: list | None)
         raise ValueError("; ".join(problems))
 
 
+def read_melodies(paths: list[str | Path], n_prompts: int, model, model_name: str) -> list:
+    """Melody files as generate_set's `melodies`: one file for every prompt, or one per prompt.
+
+    Args:
+        paths: audio files in any format io.load_audio decodes (wav, flac, mp3, ogg, m4a, ...).
+        model: the audiocraft MusicGen they will condition; model_name: its name, for the messages.
+    Returns:
+        n_prompts entries (wav float32 [C, T] at the model's rate, rate, the file's stem).
+    Raises:
+        ValueError: the model takes no melody (naming it), a file is missing or cannot be decoded
+            (naming the file), or the number of files fits neither one nor every prompt.
+    """
+    from .melody import SELF_WAV, melody_input
+
+    if SELF_WAV not in model.lm.condition_provider.conditioners:
+        raise ValueError(f"model {model_name!r} takes no melody (its LM has no '{SELF_WAV}' conditioner): a melody "
+                         f"needs a melody model, e.g. facebook/musicgen-melody (or tiny-melody offline)")
+    if len(paths) not in (1, n_prompts):
+        raise ValueError(f"{len(paths)} melody files for {n_prompts} prompts: give one for every prompt, or one per prompt")
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"melody file not found: {', '.join(missing)}")
+    melodies = [melody_input(p, model.sample_rate) for p in paths]  # ValueError naming an undecodable file
+    return melodies * n_prompts if len(melodies) == 1 else melodies
+
+
 def _attributes(model, prompt: str, melody) -> list:
     """audiocraft's conditions for one prompt, built by MusicGen itself (as generate/generate_with_chroma)."""
     if melody is None:
@@ -135,7 +161,7 @@ def make_clips(model, prompts: list[str], seeds: list[int], config: GenerateConf
         wavs = []
         for prompt, seed, melody in zip(prompts, seeds, melodies):
             torch.manual_seed(seed)
-            with torch.no_grad():
+            with torch.no_grad(), seeded_python_random(seed):  # the melody's Demucs shift, as in the sampler
                 if melody is None:
                     wavs.append(model.generate([prompt]))
                 else:

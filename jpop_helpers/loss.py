@@ -18,6 +18,11 @@ class EmptySplitError(ValueError):
 def codebook_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Masked cross-entropy per codebook, as audiocraft's MusicGen solver computes it.
 
+    Sync-free: no boolean indexing (which reads the mask's count back to the host on every micro-step);
+    every position is scored, invalid ones with their logits replaced by zeros and their target by 0,
+    and then multiplied by the mask. NaN logits never reach the loss, nor its gradient (torch.where
+    sends a zero gradient to the branch it did not pick).
+
     Args:
         logits: [B, K, T, card]; NaN at positions the delay pattern leaves invalid (masked out here).
         targets: [B, K, T] codes.
@@ -25,21 +30,16 @@ def codebook_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     Returns:
         ce: scalar, mean over codebooks of each codebook's mean CE (the training loss);
         ce_sum: [K] summed CE per codebook (float64, detached), for exact aggregation over batches;
-        n_tokens: [K] number of valid tokens per codebook.
+        n_tokens: [K] number of valid tokens per codebook (long, on the logits' device).
     """
-    K = targets.shape[1]
-    ce = logits.new_zeros((), dtype=torch.float32)
-    sums, counts = [], []
-    for k in range(K):
-        m = mask[:, k]
-        lk = logits[:, k][m].float()  # [N, card]: select first, so NaN logits never reach the loss
-        tk = targets[:, k][m].long()
-        q_sum = F.cross_entropy(lk, tk, reduction="sum")
-        n = tk.numel()
-        ce = ce + q_sum / max(n, 1)
-        sums.append(q_sum.detach().double())
-        counts.append(n)
-    return ce / K, torch.stack(sums), torch.tensor(counts, dtype=torch.long)
+    card = logits.shape[-1]
+    safe = torch.where(mask[..., None], logits, 0.0).float()  # [B, K, T, card]
+    tgt = torch.where(mask, targets, 0).long()  # [B, K, T]: codes at invalid positions may be out of range (padding, the special token)
+    nll = F.cross_entropy(safe.reshape(-1, card), tgt.reshape(-1), reduction="none").view_as(tgt)  # [B, K, T]
+    q_sum = (nll * mask).sum(dim=(0, 2))  # [K]
+    n_tokens = mask.sum(dim=(0, 2))  # [K]
+    ce = (q_sum / n_tokens.clamp(min=1)).mean()
+    return ce, q_sum.detach().double(), n_tokens.long()
 
 
 class LMLoss(torch.nn.Module):

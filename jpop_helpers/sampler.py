@@ -23,11 +23,13 @@ model's `self_wav`, any text conditioner); 'sum' and 'input_interpolate' are ref
 embeddings, a finite past context and kv_repeat (no MusicGen uses them).
 
 Randomness, reproducible whatever the batch: prompt i gets its own `torch.Generator` seeded with its
-seed. Sampling is the exponential race (Gumbel-max): with E_v ~ Exp(1) i.i.d. per vocabulary entry,
-argmax_v p_v / E_v is distributed exactly as a draw from p (so from the top-k/top-p renormalised
-probabilities, which need no renormalising). Each row's noise E [K, card] per step comes from its own
-generator, drawn ahead in chunks of NOISE_CHUNK steps (outside the CUDA graph), so a prompt's noise never
-depends on which prompts share its batch, nor on the batch size. The clip is then the same whenever its
+seed, and its conditions are encoded with Python's `random` seeded with it too (a melody model's Demucs
+draws a random time shift from it; see seeded_python_random). Sampling is the exponential race
+(Gumbel-max): with E_v ~ Exp(1) i.i.d. per vocabulary entry, argmax_v p_v / E_v is distributed exactly
+as a draw from p (so from the top-k/top-p renormalised probabilities, which need no renormalising).
+Each row's noise E [K, card] per step comes from its own generator, drawn ahead in chunks of NOISE_CHUNK
+steps (outside the CUDA graph), so a prompt's noise never depends on which prompts share its batch, nor
+on the batch size. The clip is then the same whenever its
 logits are: bit-for-bit on a CPU in float32 in practice; with fp16 on a GPU, different batch shapes can
 pick different matmul kernels, and a near-tie can rarely resolve differently.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +57,22 @@ class SamplingParams:
     top_k: int = 250
     top_p: float = 0.0  # nucleus sampling when > 0 (top_k is then ignored, as in audiocraft)
     cfg_coef: float = 3.0
+
+
+@contextlib.contextmanager
+def seeded_python_random(seed: int):
+    """Python's `random` seeded with `seed` inside the block, its state restored after.
+
+    A melody model's ChromaStemConditioner runs Demucs with `shifts=1`: the melody is shifted by a random
+    amount drawn from Python's `random` before separation, so each encoding of the same melody gives
+    another chroma, and the same seed another clip. Seeding it per prompt fixes the shift (and leaves the
+    caller's own `random` sequence as it was)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def sample_tokens(logits: torch.Tensor, noise: torch.Tensor | None, params: SamplingParams) -> torch.Tensor:
@@ -179,9 +198,10 @@ class _Generation:
         # Conditions, per prompt with its null condition, exactly as LMModel.generate encodes one prompt.
         prefixes, crosses = [], []
         with self.autocast():
-            for attr in attributes:
+            for attr, seed in zip(attributes, seeds):
                 pair = [attr] + ClassifierFreeGuidanceDropout(p=1.0)([attr])
-                cond = lm_.condition_provider(lm_.condition_provider.tokenize(pair))
+                with seeded_python_random(int(seed)):  # a melody's Demucs shift: see seeded_python_random
+                    cond = lm_.condition_provider(lm_.condition_provider.tokenize(pair))
                 prefix, cross = lm_.fuser(torch.zeros(2, 0, D, device=self.device, dtype=emb_dtype), cond)
                 prefixes.append(prefix)
                 crosses.append(cross)
@@ -452,4 +472,5 @@ def step_logits(lm, attributes: list, codes: torch.Tensor, cfg_coef: float = 3.0
     return torch.stack(gen.recorded, dim=2)
 
 
-__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm", "NOISE_CHUNK"]
+__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm", "seeded_python_random",
+           "NOISE_CHUNK"]

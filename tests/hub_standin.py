@@ -18,7 +18,16 @@ loading path runs offline (`HF_HUB_OFFLINE=1`, `HF_HUB_CACHE` pointing here):
   encoder has t5-base's configuration; the tokenizer is a sentencepiece unigram model trained here on
   generated music descriptions (T5's special ids: pad 0, eos 1, unk 2, plus 100 sentinels).
 
-`num_layers` (LM) and `t5_num_layers` reduce depth for fast tests. Both are read back by the loaders
+Other released layouts (`variant`):
+- "melody", `facebook/musicgen-melody`: `solver=musicgen/musicgen_melody_32khz` (conditioner chroma2music:
+  the chroma of the clip's Demucs stems and the T5 description, both prepended; no cross-attention) at
+  the release's medium scale, plus `adefossez/HTDemucs` (build_demucs_standin) in the same cache, which
+  its ChromaStemConditioner loads through `demucs.pretrained.get_model('htdemucs')`.
+- "stereo", `facebook/musicgen-stereo-small`: `solver=musicgen/musicgen_base_32khz` with the overrides of
+  audiocraft's grid `musicgen_stereo_finetune_32khz.py` (8 interleaved codebooks, delays [0,0,1,1,2,2,3,3],
+  2 channels); its compression package is the mono EnCodec's, which audiocraft's loader wraps.
+
+`num_layers` (LM) and `t5_num_layers` reduce depth for fast tests (`dim`/`num_heads` the LM's width). Both are read back by the loaders
 from the stored configuration (xp.cfg's `transformer_lm.num_layers`, given to hydra as a command-line
 override; T5's `config.json`), so the loading path is unchanged.
 """
@@ -54,6 +63,25 @@ T5_BASE_CONFIG = {
     "n_positions": 512, "num_decoder_layers": 12, "num_heads": 12, "num_layers": 12, "output_past": True,
     "pad_token_id": 0, "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32,
     "vocab_size": 32128,
+}
+
+STEREO_OVERRIDES = ("codebooks_pattern.delay.delays=[0,0,1,1,2,2,3,3]", "transformer_lm.n_q=8",
+                    "interleave_stereo_codebooks.use=true", "channels=2")  # grids/musicgen/musicgen_stereo_finetune_32khz.py
+
+
+@dataclass(frozen=True)
+class Variant:
+    repo: str  # the Hugging Face repository it stands in for
+    solver: str
+    overrides: tuple[str, ...] = ()
+    demucs: bool = False  # a melody model: its conditioner loads htdemucs from the hub
+
+
+VARIANTS = {
+    "small": Variant(MUSICGEN_REPO, LM_SOLVER),
+    "melody": Variant("facebook/musicgen-melody", "musicgen/musicgen_melody_32khz", ("model/lm/model_scale=medium",),
+                      demucs=True),
+    "stereo": Variant("facebook/musicgen-stereo-small", LM_SOLVER, STEREO_OVERRIDES),
 }
 
 MUSIC_WORDS = (
@@ -204,37 +232,49 @@ def build_t5(cache_dir: Path, num_layers: int | None = None, seed: int = 0) -> s
 @dataclass
 class StandinHub:
     cache_dir: Path  # use as HF_HUB_CACHE
-    revision: str  # of facebook/musicgen-small
+    revision: str  # of the MusicGen repository
     lm_num_layers: int
     t5_name: str
     t5_num_layers: int
     seconds: dict = field(default_factory=dict)  # build time per part
+    repo: str = MUSICGEN_REPO  # the MusicGen repository it holds
 
 
 def build_standin_hub(cache_dir: str | Path, num_layers: int | None = None, t5_num_layers: int | None = None,
-                      seed: int = 0) -> StandinHub:
-    """Write the stand-in cache under `cache_dir` (used as HF_HUB_CACHE).
+                      seed: int = 0, variant: str = "small", dim: int | None = None,
+                      num_heads: int | None = None) -> StandinHub:
+    """Write the stand-in cache under `cache_dir` (used as HF_HUB_CACHE). Several variants may share one
+    cache: T5 (and htdemucs) are written once.
 
     Args:
         num_layers: LM transformer layers (real small: 24), stored in xp.cfg like a hydra override.
         t5_num_layers: T5 encoder layers (real t5-base: 12), stored in its config.json.
+        variant: a key of VARIANTS ("small", "melody", "stereo").
+        dim, num_heads: the LM's width (hydra overrides too), for fast tests.
     """
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
+    spec = VARIANTS[variant]
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
     t0 = time.perf_counter()
-    overrides = () if num_layers is None else (f"transformer_lm.num_layers={num_layers}",)
-    lm_cfg = compose_audiocraft_cfg(LM_SOLVER, overrides)
+    overrides = list(spec.overrides)
+    for key, value in (("num_layers", num_layers), ("dim", dim), ("num_heads", num_heads)):
+        if value is not None:
+            overrides.append(f"transformer_lm.{key}={value}")
+    lm_cfg = compose_audiocraft_cfg(spec.solver, tuple(overrides))
     codec_cfg = compose_audiocraft_cfg(CODEC_SOLVER)
     t5_name = lm_cfg.conditioners.description.t5.name
     seconds["compose"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    build_t5(cache_dir, t5_num_layers, seed)
-    seconds["t5"] = time.perf_counter() - t0
+    if not (cache_dir / "models--t5-base").is_dir():
+        build_t5(cache_dir, t5_num_layers, seed)
+    if spec.demucs and not (cache_dir / f"models--{DEMUCS_REPO.replace('/', '--')}").is_dir():
+        build_demucs_standin(cache_dir, seed=seed)
+    seconds["t5_demucs"] = time.perf_counter() - t0
 
     with offline_hub(cache_dir), tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         tmp = Path(tmp)
@@ -251,19 +291,29 @@ def build_standin_hub(cache_dir: str | Path, num_layers: int | None = None, t5_n
         t0 = time.perf_counter()
         build_cfg = copy.deepcopy(lm_cfg)
         build_cfg.device = "cpu"  # the stored cfg keeps the solver's (cuda); loaders override it
-        lm = builders.get_lm_model(build_cfg)  # loads the stand-in T5 through T5Conditioner
+        with _safe_demucs() if spec.demucs else contextlib.nullcontext():
+            lm = builders.get_lm_model(build_cfg)  # loads the stand-in T5 through T5Conditioner (and htdemucs)
         _save_pkg(tmp / "state_dict.bin", lm_cfg, lm.state_dict())
         del lm
         seconds["lm"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rev = _fake_commit(MUSICGEN_REPO, OmegaConf.to_yaml(lm_cfg), str(seed))
-        put_repo(cache_dir, MUSICGEN_REPO, {"state_dict.bin": tmp / "state_dict.bin",
-                                            "compression_state_dict.bin": tmp / "compression_state_dict.bin"}, rev)
+        rev = _fake_commit(spec.repo, OmegaConf.to_yaml(lm_cfg), str(seed))
+        put_repo(cache_dir, spec.repo, {"state_dict.bin": tmp / "state_dict.bin",
+                                        "compression_state_dict.bin": tmp / "compression_state_dict.bin"}, rev)
         seconds["hub_layout"] = time.perf_counter() - t0
     seconds["total"] = sum(seconds.values())
-    t5_layers = t5_num_layers if t5_num_layers is not None else T5_BASE_CONFIG["num_layers"]
-    return StandinHub(cache_dir, rev, int(lm_cfg.transformer_lm.num_layers), t5_name, t5_layers, seconds)
+    t5_layers = json.loads((next((cache_dir / "models--t5-base" / "snapshots").iterdir()) / "config.json").read_text())
+    return StandinHub(cache_dir, rev, int(lm_cfg.transformer_lm.num_layers), t5_name, t5_layers["num_layers"], seconds,
+                      spec.repo)
+
+
+def _safe_demucs():
+    """htdemucs through the package's checked loader (separate.safe_demucs_pretrained), as load_musicgen
+    builds a melody model."""
+    from jpop_helpers.model import demucs_from
+
+    return demucs_from(None)
 
 
 @torch.no_grad()

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,46 @@ def test_failure_is_one_line_and_nonzero(tmp_path, capsys):
     assert main(["prepare", "--root", str(tmp_path), "--dsp-only"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: FileNotFoundError") and "no audio files" in err[0]
+
+
+def test_generate_cli_follows_a_melody_file_and_names_what_it_refuses(tmp_path, capsys):
+    """`generate --melody` on tiny-melody: the mp3 (decoded through ffmpeg) conditions the clip, which is
+    generate_set's clip for the same melody (and not another tune's); a model that takes no melody, a
+    missing file and an undecodable one are refused, each named."""
+    import numpy as np
+    import soundfile as sf
+    from conftest import ffmpeg_tone
+
+    from jpop_helpers.generate import GenerateConfig, generate_set
+    from jpop_helpers.melody import melody_input
+    from jpop_helpers.model import load_musicgen
+
+    tune = ffmpeg_tone(tmp_path / "tune.mp3", 2.0, freq=330)
+    other = ffmpeg_tone(tmp_path / "other.wav", 2.0, freq=523)
+    args = ["generate", "--model", "tiny-melody", "--prompt", "calm piano", "--duration", "0.5", "--top-k", "50",
+            "--device", "cpu"]
+    assert main([*args, "--melody", str(tune), "--out", str(tmp_path / "cli")]) == 0
+    assert "melody tune" in capsys.readouterr().out
+    (cli_clip,) = (tmp_path / "cli" / "model").glob("*.wav")
+
+    model = load_musicgen("tiny-melody", "cpu")
+    cfg = GenerateConfig(duration=0.5, top_k=50)
+    same, moved = (generate_set({"api": model}, ["calm piano"], tmp_path / f"api-{m.stem}", cfg,
+                                melodies=[melody_input(m, model.sample_rate)])[0] for m in (tune, other))
+    assert same["melody"] == "tune"
+    assert np.array_equal(sf.read(cli_clip)[0], sf.read(same["path"])[0])
+    assert not np.array_equal(sf.read(cli_clip)[0], sf.read(moved["path"])[0])
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    for model_name, melody, expected in (("tiny", tune, "model 'tiny' takes no melody"),
+                                         ("tiny-melody", tmp_path / "nowhere.flac", "melody file not found: .*nowhere.flac"),
+                                         ("tiny-melody", bad, "broken.wav: cannot decode audio")):
+        args[2] = model_name
+        assert main([*args, "--melody", str(melody), "--out", str(tmp_path / "refused")]) == 1
+        err = capsys.readouterr().err
+        assert re.search(expected, err), err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_prepare_cli_on_demo_data(demo_root, tmp_path, capsys):

@@ -87,3 +87,84 @@ def test_the_readme_shows_the_plans_own_table():
     from conftest import REPO
 
     assert plan_table() in (REPO / "README.md").read_text()
+
+
+def test_a_melody_models_prefix_is_counted_from_its_conditioner():
+    """tiny-melody prepends its chroma and its description: the plan's prefix is what audiocraft's own
+    conditioners give for a 30-s clip, and it adds activations in proportion on a melody-sized model."""
+    from dataclasses import replace
+
+    import torch
+
+    from jpop_helpers.lora import LoraConfig, add_lora
+    from jpop_helpers.model import load_musicgen
+
+    arch = read_arch("tiny-melody")
+    lm = load_musicgen("tiny-melody", "cpu").lm
+    conds = lm.condition_provider.conditioners
+    chroma_frames = conds["self_wav"].chroma(torch.zeros(1, int(30 * conds["self_wav"].sample_rate))).shape[1]
+    desc = conds["description"]
+    desc_len = desc(desc.tokenize(["calm piano with strings"]))[0].shape[1]
+    assert arch.prefix(30) == chroma_frames + desc_len and not arch.cross_attention
+    assert read_arch("tiny").prefix(30) == 0
+    # no cross-attention: the parameter count (here the adapters') drops it
+    lora = add_lora(lm, LoraConfig(rank=16))
+    assert arch.lora_params(16) == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
+
+    # on a musicgen-melody-sized LM (medium's layers, this chroma), the prefix adds activations in
+    # proportion to the positions it adds, and nothing to the static terms
+    melody = replace(PUBLISHED["medium"], cross_attention=False, chroma_hop_seconds=arch.chroma_hop_seconds)
+    with_prefix = estimate(melody, "lora", 2, 30)
+    without = estimate(replace(melody, chroma_hop_seconds=0.0), "lora", 2, 30)
+    frames = 30 * melody.frame_rate
+    added = with_prefix.activations - without.activations
+    assert with_prefix.weights == without.weights and added > 0
+    assert 0.5 < added / (without.activations * chroma_frames / frames) < 1.0  # the logits part does not grow
+
+
+def test_cached_text_conditions_take_t5_off_the_gpu():
+    """TrainConfig.text_encoder="cached": T5's fp32 weights (t5-base, counted here on the meta device)
+    leave the plan; "live" keeps them."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        t5 = T5EncoderModel(T5Config(d_model=768, d_ff=3072, num_layers=12, num_heads=12, vocab_size=32128))
+    t5_gib = 4 * sum(p.numel() for p in t5.parameters()) / 2**30
+    live, _ = plan_training(PUBLISHED["small"], config(mode="lora", text_encoder="live"), 30, T4_GIB)
+    cached, _ = plan_training(PUBLISHED["small"], config(mode="lora", text_encoder="cached"), 30, T4_GIB)
+    assert cached.text_encoder == 0 and live.text_encoder == pytest.approx(t5_gib, rel=0.01)
+    assert live.total - cached.total == pytest.approx(t5_gib, rel=0.01)
+
+
+def test_fsdp_splits_weights_gradients_and_optimizer_state_over_the_gpus(capsys):
+    """Full medium with AdamW: each of N GPUs holds 1/N of the fp32 weights, gradients and AdamW state
+    (16 bytes a weight) plus two whole layers; DDP holds everything on every GPU."""
+    from jpop_helpers.cli import main
+
+    arch = PUBLISHED["medium"]
+    fsdp = config(model="facebook/musicgen-medium", mode="full", optimizer="adamw", parallel="fsdp",
+                  activation_checkpointing="on")
+    ddp = replace_cfg(fsdp, parallel="ddp")
+    whole, _ = plan_training(arch, ddp, 30, None, world_size=4)
+    assert whole.total == plan_training(arch, ddp, 30, None, world_size=1)[0].total  # DDP: no split
+    totals = []
+    for n in (2, 4, 8):
+        split, _ = plan_training(arch, fsdp, 30, None, world_size=n)
+        saved = (whole.total - split.total) * 2**30
+        assert 0.8 < saved / (16 * arch.lm_params * (1 - 1 / n)) < 1.0  # minus the gathered layers
+        assert split.activations == whole.activations and split.shards == n
+        totals.append(split.total)
+    assert totals == sorted(totals, reverse=True)
+    with pytest.raises(MemoryError):  # medium full does not fit one T4, but does over eight
+        plan_training(arch, fsdp, 30, T4_GIB, world_size=1)
+    assert plan_training(arch, fsdp, 30, T4_GIB, world_size=8)[0].fits
+    assert main(["plan", "--model", "tiny", "--mode", "full", "--optimizer", "adamw", "--parallel", "fsdp",
+                 "--gpus", "4"]) == 0
+    assert "FSDP over 4 GPUs" in capsys.readouterr().out
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+
+    return replace(cfg, **kw)

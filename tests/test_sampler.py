@@ -3,11 +3,13 @@
 Every check runs over several LM builds (`MODELS`): the tiny MusicGen, and tiny LMs that exercise what
 the tiny one does not (post-norm layers with layer scale, biases, q/k layer norms and gelu; conditions
 of different lengths per prompt, cross-attended or prepended; 8 codebooks with a stereo delay pattern;
-another pattern provider; LoRA adapters, unmerged and merged). Adding a model variant is one entry.
+another pattern provider; LoRA adapters, unmerged and merged; the bundled tiny-stereo and tiny-melody).
+Adding a model variant is one entry.
 """
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -125,8 +127,9 @@ MODELS = {
     "lora-adapter": lambda: with_lora(build_lm()),
     "melody": lambda: build_lm(melody=True),
     "tiny-stereo": lambda: released("tiny-stereo"),  # the bundled variant (8 codebooks, stereo delays)
-    # "tiny-melody": its ChromaStemConditioner differs between two encodings of the same melody (not yet
-    # understood: Demucs's random shift?), so audiocraft's reference cannot be compared; "melody" covers it
+    # the bundled melody model: audiocraft's ChromaStemConditioner, whose Demucs draws a random time shift
+    # from Python's `random`; the sampler seeds it with the prompt's seed, and so do the references here
+    "tiny-melody": lambda: released("tiny-melody"),
 }
 _built: dict = {}
 
@@ -174,6 +177,7 @@ def test_greedy_tokens_are_audiocraft_generates(lm, request):
     ours = generate_tokens(lm, attributes(prompts, lm), [0, 1], frames, SamplingParams(use_sampling=False, cfg_coef=3.0))
     assert ours.shape == (len(prompts), base(lm).num_codebooks, frames)
     for i, prompt in enumerate(prompts):
+        random.seed(i)  # prompt i's seed, as the sampler seeds a melody's Demucs shift
         ref = base(lm).generate(None, attributes(prompts, lm)[i : i + 1], max_gen_len=frames, use_sampling=False, cfg_coef=3.0)
         assert torch.equal(ours[i : i + 1], ref), prompt
 
@@ -202,6 +206,7 @@ def test_logits_match_audiocraft_for_the_same_prefix_and_conditions(lm):
     for i, attr in enumerate(attributes(PROMPTS, lm)):
         seq, _, _ = pattern.build_pattern_sequence(codes[i : i + 1], b.special_token_id)
         pair = [attr] + ClassifierFreeGuidanceDropout(p=1.0)([attr])
+        random.seed(0)  # step_logits encodes every prompt with seed 0
         with torch.no_grad():
             cond = b.condition_provider(b.condition_provider.tokenize(pair))
             logits = lm(torch.cat([seq, seq]), [], condition_tensors=cond)  # [2, K, S, card]
@@ -262,3 +267,30 @@ def test_a_prompt_and_seed_give_the_same_clip_whatever_the_batch():
     assert torch.equal(together[1], alone[0]) and torch.equal(together[1], reordered[1])
     assert torch.equal(together[2], reordered[0])
     assert not torch.equal(reordered[1], reordered[2])  # another seed, another clip
+
+
+def test_a_melody_clip_is_the_same_for_the_same_seed_and_melody():
+    """tiny-melody's ChromaStemConditioner runs Demucs with a random time shift drawn from Python's
+    `random`: the sampler seeds it per prompt, so the same seed and melody give the same tokens whatever
+    the state of `random` before (set differently here), and that state is left as it was. The melody is
+    noise, whose chroma changes with the shift (a steady tone's would not)."""
+    from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
+
+    lm = get("tiny-melody")
+
+    def attrs(wav):
+        a = ConditioningAttributes(text={"description": PROMPTS[0]})
+        a.wav["self_wav"] = WavCondition(wav[None], torch.tensor([wav.shape[-1]]), sample_rate=[32000], path=[None])
+        return [a]
+
+    g = torch.Generator().manual_seed(0)
+    wav, other = (0.3 * torch.randn(1, 16000, generator=g) for _ in range(2))  # [1, T]: 0.5 s each
+    params = SamplingParams(top_k=50)
+    runs = []
+    for before, melody in ((1, wav), (2, wav), (1, other)):
+        random.seed(before)
+        state = random.getstate()
+        runs.append(generate_tokens(lm, attrs(melody), [7], 10, params))
+        assert random.getstate() == state  # the caller's random sequence is untouched
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])  # the melody steers the clip
