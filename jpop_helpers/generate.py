@@ -23,7 +23,8 @@ import torch
 from .colab import progress
 from .io import atomic_path, short_hash, write_wav
 from .manifest import split_clips
-from .sampler import SamplingParams, generate_tokens, seeded_python_random
+from .melody import seeded_python_random
+from .sampler import SamplingParams, generate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,10 @@ def make_clips(model, prompts: list[str], seeds: list[int], config: GenerateConf
     if config.duration > model.max_duration:  # audiocraft's windowed extension: one prompt at a time
         log.warning("%.0f s is beyond the model's %.0f s: audiocraft's generate (slow) makes these clips",
                     config.duration, model.max_duration)
+        # audiocraft's stride (18 s of 30) must be shorter than the window: the same share of shorter ones
         model.set_generation_params(duration=config.duration, top_k=config.top_k, top_p=config.top_p,
-                                    temperature=config.temperature, cfg_coef=config.cfg_coef)
+                                    temperature=config.temperature, cfg_coef=config.cfg_coef,
+                                    extend_stride=min(18.0, 0.6 * model.max_duration))
         wavs = []
         for prompt, seed, melody in zip(prompts, seeds, melodies):
             torch.manual_seed(seed)

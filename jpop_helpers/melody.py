@@ -9,7 +9,7 @@ trained that way: audiocraft/grids/musicgen/musicgen_melody_32khz.py). We do the
 - `clip_chroma`: when a clip is tokenized, its chroma is computed once by the conditioner's own code
   (`_compute_wav_embedding`: Demucs + ChromaExtractor) and cached with its codes (tokens.py). Demucs
   shifts its input by a random offset (apply_model's shifts=1, Python's `random`), so like the
-  solver's cache this keeps one draw;
+  solver's cache this keeps one draw, seeded (CHROMA_SEED) so re-tokenizing gives the same chroma;
 - `melody_attributes`: a clip's conditioning attributes (batches.collate): its kept melody rides
   along as its chroma, or the melody is audiocraft's `nullify_wav` when dropped;
 - `solver_melody`: while the loss is computed, each kept melody becomes the WavCondition of the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,26 @@ def melody_dropout(lm) -> float:
     return float(lm.att_dropout.p.get("wav", {}).get(SELF_WAV, 0.0))
 
 
+@contextlib.contextmanager
+def seeded_python_random(seed: int):
+    """Python's `random` seeded with `seed` inside the block, its state restored after.
+
+    A melody model's ChromaStemConditioner runs Demucs with `shifts=1`: the melody is shifted by a random
+    amount drawn from Python's `random` before separation, so each encoding of the same melody gives
+    another chroma, and the same seed another clip. Seeding it per prompt fixes the shift (and leaves the
+    caller's own `random` sequence as it was)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+# Tokenizing draws the Demucs shift from this seed, so a clip's cached chroma is the same on every run.
+CHROMA_SEED = 0
+
+
 @torch.no_grad()
 def clip_chroma(lm, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
     """A clip's chroma, as the conditioner computes it from a waveform (Demucs stems -> chroma).
@@ -81,7 +102,8 @@ def clip_chroma(lm, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
     cond = melody_conditioner(lm)
     wav = torch.from_numpy(np.asarray(audio, dtype=np.float32)).reshape(-1, np.shape(audio)[-1])[None]
     wav = convert_audio(wav.to(cond.device), sample_rate, cond.sample_rate, 1)  # [1, 1, T]
-    return cond._compute_wav_embedding(wav, cond.sample_rate)[0].float().cpu()
+    with seeded_python_random(CHROMA_SEED):  # Demucs's random shift: the same chroma on every run
+        return cond._compute_wav_embedding(wav, cond.sample_rate)[0].float().cpu()
 
 
 def melody_input(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, str]:

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .melody import seeded_python_random
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +58,6 @@ class SamplingParams:
     top_k: int = 250
     top_p: float = 0.0  # nucleus sampling when > 0 (top_k is then ignored, as in audiocraft)
     cfg_coef: float = 3.0
-
-
-@contextlib.contextmanager
-def seeded_python_random(seed: int):
-    """Python's `random` seeded with `seed` inside the block, its state restored after.
-
-    A melody model's ChromaStemConditioner runs Demucs with `shifts=1`: the melody is shifted by a random
-    amount drawn from Python's `random` before separation, so each encoding of the same melody gives
-    another chroma, and the same seed another clip. Seeding it per prompt fixes the shift (and leaves the
-    caller's own `random` sequence as it was)."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(state)
 
 
 def sample_tokens(logits: torch.Tensor, noise: torch.Tensor | None, params: SamplingParams) -> torch.Tensor:

@@ -104,3 +104,17 @@ def test_melodies_condition_the_clips_and_name_them(tmp_path, calls):
     with pytest.raises(ValueError, match="2 melodies for 1 prompts"):
         generate_set({"mel": model}, ["x"], tmp_path, cfg, melodies=[None, None])
     assert calls == [2, 1]  # nothing generated for the refused calls
+
+
+def test_clips_longer_than_the_model_window_use_audiocrafts_extension(tiny, calls, monkeypatch, caplog):
+    """Beyond max_duration the clip comes from audiocraft's windowed generate, with a stride the window
+    allows (audiocraft's default 18 s asserts for any window of 18 s or less), at the length asked for,
+    reproducible from its seed; the sampler is not used."""
+    monkeypatch.setattr(tiny, "max_duration", 2.0)
+    cfg = GenerateConfig(duration=3.0, top_k=50)
+    a = generate.make_clips(tiny, ["calm piano"], [5], cfg)
+    assert a.shape == (1, 1, 3 * tiny.sample_rate) and torch.isfinite(a).all()
+    assert tiny.extend_stride == pytest.approx(1.2) and calls == []
+    assert "beyond the model's 2 s" in caplog.text
+    assert torch.equal(generate.make_clips(tiny, ["calm piano"], [5], cfg), a)
+    assert not torch.equal(generate.make_clips(tiny, ["calm piano"], [6], cfg), a)
