@@ -107,4 +107,4 @@ def test_fsdp_two_processes_match_one_process_and_resume_on_one(data_copy, tiny_
     assert resumed.start_step == 2
     assert [c for _, c in curve(resumed.metrics)] == pytest.approx([c for _, c in curve(two_rows)], rel=1e-5)
     c = load_weights(list_checkpoints(resumed_dir / "checkpoints")[-1])
-    assert all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+    assert all(torch.allclose(a[k], c[k], atol=5e-5) for k in a)  # AdamW's amplified rounding, as above

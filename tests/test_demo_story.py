@@ -1,7 +1,7 @@
 """The offline demo (the README's main command) runs every stage and tells a true story: the base knows
 its own family, fine-tuning (full and LoRA) lowers the held-out genre's CE, and it costs the base
 something on its own family. Directions with margins, never exact values: the margins are below what
-four runs of the demo measured (README, "The offline demo"), whose numbers move with the thread
+five runs of the demo measured (README, "The offline demo"), whose numbers move with the thread
 count and the seed (training a tiny LM from scratch is chaotic), but whose directions did not."""
 import pytest
 
@@ -28,16 +28,17 @@ def test_the_base_knows_its_own_family_better_than_the_genre(demo_story):
 
 def test_fine_tuning_lowers_the_held_out_genre_ce_full_and_lora(demo_story):
     """Held-out genre songs (never trained on): both fine-tunes beat the base by a margin (measured:
-    full -0.63 to -1.07, LoRA -0.41 to -0.83), and full fine-tuning learns more in the same steps."""
+    full -0.47 to -1.11, LoRA -0.19 to -0.88 in five runs), and full fine-tuning learns more in the
+    same steps (by 0.23 to 0.30)."""
     g = demo_story[3]["genre"]
     assert g["full"] < g["base"] - 0.25, g
-    assert g["lora"] < g["base"] - 0.2, g
-    assert g["full"] < g["lora"] - 0.05, g
+    assert g["lora"] < g["base"] - 0.1, g
+    assert g["full"] < g["lora"] - 0.1, g
 
 
 def test_fine_tuning_on_the_genre_costs_the_base_on_its_own_family(demo_story):
     """The forgetting check: CE on the base family's held-out songs rises after LoRA fine-tuning
-    (measured +0.31 to +0.53) and does not fall after full fine-tuning (+0.02 to +0.37). That full
+    (measured +0.38 to +0.50) and does not fall after full fine-tuning (+0.20 to +0.40). That full
     fine-tuning forgets MORE than LoRA is not asserted: at this scale it forgot less in every run."""
     b = demo_story[3]["base_family"]
     assert b["lora"] > b["base"] + 0.1, b
