@@ -14,6 +14,7 @@ from pathlib import Path
 from .captions import CaptionConfig
 from .chunking import ChunkConfig
 from .cliargs import add_config_args, config_from_args
+from .demo import DEMO_BASE_STEPS, DEMO_TRAIN_STEPS
 from .labeling import LabelConfig
 from .split import SplitConfig
 
@@ -26,11 +27,12 @@ DEMO_TRAIN_SKIP = ("model", "mode", "steps", "lr", "eval_every", "save_every")
 PREPARE_NESTED = ("chunk", "split", "label", "captions")  # PrepareConfig's fields that are the groups above
 
 
-def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+def _add_prepare_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """Stage 02's options; `defaults`: class -> an instance whose values replace that group's defaults."""
     from .prepare import PrepareConfig
 
     for title, cls in PREPARE_GROUPS:
-        add_config_args(p.add_argument_group(title), cls)
+        add_config_args(p.add_argument_group(title), cls, defaults=(defaults or {}).get(cls))
     add_config_args(p.add_argument_group("vocal removal (Demucs)"), PrepareConfig, skip=PREPARE_NESTED)
 
 
@@ -75,7 +77,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     train_config = config_from_args(TrainConfig, a, model="tiny", mode="full", steps=max(a.train_steps, 1),
                                     lr=None, eval_every=max(a.train_steps // 4, 1), save_every=max(a.train_steps, 1))
     return run_demo(a.root, prepare_config, train_config, seconds=a.seconds, per_artist=a.per_artist,
-                    train_steps=a.train_steps, lr=a.lr, device=a.device or "cpu")
+                    train_steps=a.train_steps, base_steps=max(a.base_steps, 1), lr=a.lr, device=a.device or "cpu")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -207,12 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="render this many seconds per piece")
     p.add_argument("--per-artist", type=int, default=None, help="pieces per demo artist")
     p.add_argument("--with-taggers", action="store_true", help="also run the essentia-tensorflow taggers (online)")
-    p.add_argument("--train-steps", type=int, default=60, help="tiny-model fine-tuning steps per mode (0: skip)")
-    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 full, 3e-3 LoRA (tiny model)")
+    p.add_argument("--train-steps", type=int, default=DEMO_TRAIN_STEPS,
+                   help=f"fine-tuning steps per mode (0: stop after 02) (default: {DEMO_TRAIN_STEPS})")
+    p.add_argument("--base-steps", type=int, default=DEMO_BASE_STEPS,
+                   help=f"the base's pretraining steps on the base family (default: {DEMO_BASE_STEPS})")
+    p.add_argument("--lr", type=float, default=None, help="one rate for every run (default: 3e-3 for the base's "
+                   "pretraining, 1e-3 for full and LoRA fine-tuning)")
     p.add_argument("--device", default=None)
-    _add_prepare_args(p)
+    # 10-s clips (the tiny model learns from more, shorter clips in the same CPU time) and a quarter of
+    # the songs held out for test, so the story's CE is measured on several songs of each family
+    _add_prepare_args(p, {ChunkConfig: ChunkConfig(chunk_seconds=10.0, min_tail_seconds=4.0),
+                          SplitConfig: SplitConfig(valid_fraction=0.15, test_fraction=0.25)})
     add_config_args(p.add_argument_group("training (tiny model)"), TrainConfig, skip=DEMO_TRAIN_SKIP,
-                    defaults=TrainConfig(batch_size=4, grad_accum=1, warmup_steps=5))
+                    defaults=TrainConfig(batch_size=8, grad_accum=1, warmup_steps=5))
     p.set_defaults(func=cmd_demo)
     return parser
 

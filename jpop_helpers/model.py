@@ -125,7 +125,9 @@ def build_tiny(folder: str | Path, seed: int = 0, variant: str = "tiny") -> Path
     if variant == "tiny":
         ccfg = OmegaConf.create(tiny_compression_cfg())
         codec = builders.get_compression_model(ccfg)
-        codec.quantizer(torch.randn(8, 32, 128), 25)  # k-means init of the codebooks, as the debug model does
+        from .codec_fit import fit_audio, fit_codebooks
+
+        fit_codebooks(codec, fit_audio(seed=seed), seed=seed)  # codes that carry music, not noise (codec_fit.py)
         with atomic_path(folder / "compression_state_dict.bin") as tmp:
             torch.save({"xp.cfg": OmegaConf.to_yaml(ccfg), "best_state": codec.state_dict()}, tmp)
     else:
@@ -152,7 +154,7 @@ def default_device() -> str:
 def tiny_dir(name: str = "tiny") -> Path:
     """The folder of a bundled model: JPOP_TINY_MODEL_DIR (or the user cache's tiny-musicgen) for
     "tiny", and beside it `<that folder>-melody` / `-stereo` for the others."""
-    base = Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen"))
+    base = Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen-2"))  # 2: fitted codebooks
     return base if name == "tiny" else base.with_name(f"{base.name}-{name.removeprefix('tiny-')}")
 
 

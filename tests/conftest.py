@@ -6,6 +6,7 @@ read-only by convention: a test that writes under a data root or a run folder ta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -74,6 +75,29 @@ def demo_root(tmp_path_factory) -> Path:
     assert len(result.downloaded) == 6, result.summary()
     prepare(base / "root", demo_prepare_config())
     return base / "root"
+
+
+DEMO_STORY_ARGS = ["--seconds", "20"]  # every piece of both families, 20 s each (2 clips): ~70 s on 2 cores
+
+
+@pytest.fixture(scope="session")
+def demo_story(tmp_path_factory):
+    """The README's demo command, `python -m jpop_helpers demo`, run once with shorter pieces: both
+    families rendered, downloaded and prepared, the base pretrained, fine-tuned full and LoRA, all three
+    evaluated. Returns (data root, what it printed, eval summary.json, the story's CE dict)."""
+    import contextlib
+    import io
+
+    from jpop_helpers.cli import main
+    from jpop_helpers.demo import story_from_rows
+
+    root = tmp_path_factory.mktemp("story") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--root", str(root), *DEMO_STORY_ARGS])
+    assert code == 0, printed.getvalue()[-3000:]
+    summary = json.loads((root / "eval" / "summary.json").read_text())
+    return root, printed.getvalue(), summary, story_from_rows(summary["ce"])
 
 
 def demo_prepare_config():

@@ -158,19 +158,6 @@ def test_export_generate_and_evaluate_cli_on_a_run(data_copy, run_copy, tmp_path
     assert (run / "eval" / "report.md").exists()
 
 
-@pytest.mark.slow
-def test_the_readme_demo_command_runs_every_stage(tmp_path, capsys):
-    """`python -m jpop_helpers demo`, made small: render, download, prepare, train both modes, evaluate."""
-    code = main(["demo", "--root", str(tmp_path / "demo"), "--seconds", "14", "--per-artist", "2",
-                 "--chunk-seconds", "6", "--min-tail-seconds", "3", "--train-steps", "4"])
-    out = capsys.readouterr().out
-    assert code == 0
-    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
-        assert stage in out
-    assert (tmp_path / "demo" / "runs" / "tiny-lora" / "curves.png").exists()
-    assert (tmp_path / "demo" / "runs" / "tiny-full" / "eval" / "report.md").exists()
-
-
 def test_plan_cli_refuses_what_cannot_fit_and_prints_what_fits(capsys):
     assert main(["plan", "--model", "tiny", "--mode", "full", "--gpu-gib", "14.7"]) == 0
     assert "fits" in capsys.readouterr().out
