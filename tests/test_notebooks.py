@@ -197,9 +197,11 @@ def test_05_evaluates_a_run_and_writes_the_report(data_copy, run_copy, tmp_path)
     runs = run_copy.parent
     out = run_notebook("05_eval_listen.ipynb", tmp_path, DATA_ROOT=str(data_copy), RUNS_DIR=str(runs),
                        USE_DRIVE=False, RUN_NAME="tiny-full", N_PROMPTS=2, USER_PROMPTS=["a test prompt"],
-                       DURATION=1.0, CLAP_CHECKPOINT="")
+                       DURATION=1.0, CLAP_CHECKPOINT="", VGGISH="")
     setup = text_of(cell_outputs(out, "gpu_check("))
     assert "device: cpu" in setup and "weights cache: " in setup  # outside Colab: no GPU warning
+    verdict = text_of(cell_outputs(out, "describe_evaluation("))
+    assert "finetuned is closer to the held-out genre than the base on" in verdict  # the verdict, first
     ev = runs / "tiny-full" / "eval"
     summary = json.loads((ev / "summary.json").read_text())
     assert {r["model"] for r in summary["ce"]} == {"base", "finetuned"}
