@@ -73,11 +73,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     # offline by design: the taggers run only when asked for
     # the demo corpus is rendered MIDI (no vocals) and offline (no separator weights): nothing to remove
+    if a.base_steps < 1:
+        raise ValueError(f"--base-steps must be at least 1, not {a.base_steps}: the base is pretrained before "
+                         "it is fine-tuned")
     prepare_config = prepare_config_from_args(a, keep_vocals=True, dsp_only=a.dsp_only or not a.with_taggers)
     train_config = config_from_args(TrainConfig, a, model="tiny", mode="full", steps=max(a.train_steps, 1),
                                     lr=None, eval_every=max(a.train_steps // 4, 1), save_every=max(a.train_steps, 1))
     return run_demo(a.root, prepare_config, train_config, seconds=a.seconds, per_artist=a.per_artist,
-                    train_steps=a.train_steps, base_steps=max(a.base_steps, 1), lr=a.lr, device=a.device or "cpu")
+                    train_steps=a.train_steps, base_steps=a.base_steps, lr=a.lr, device=a.device or "cpu")
 
 
 def cmd_train(a: argparse.Namespace) -> int:

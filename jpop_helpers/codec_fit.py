@@ -9,7 +9,7 @@ encoder's latents of music-like audio (stage k on the residual left by stages 1.
 into the quantizer's own buffers (embed, embed_avg, cluster_size, inited), so audiocraft loads and
 uses the codec unchanged.
 
-The audio they are fitted on is `fit_audio()`: notes in the demo corpus's instruments (piano,
+The audio they are fitted on is `fit_audio()`: notes in five synthetic timbres (piano,
 electric piano, strings, square and saw leads) synthesised here, deterministic and without
 fluidsynth or music21, so "tiny" builds in seconds anywhere. `codec_report` measures what the
 codes keep on any audio (tests use the rendered demo corpus):
@@ -32,7 +32,8 @@ SAMPLE_RATE = 32000
 
 
 def _note(f0: float, seconds: float, timbre: str, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """One note [T] of a timbre: harmonics and envelope shaped like the demo corpus's GM programs."""
+    """One note [T] of a timbre: harmonics and envelope shaped like General MIDI
+    piano, electric piano, strings and square/saw leads."""
     t = np.arange(int(seconds * sr)) / sr
     n_harm = max(1, min(8, int(sr / 2 / f0) - 1))
     h = np.arange(1, n_harm + 1)
@@ -56,7 +57,7 @@ def _note(f0: float, seconds: float, timbre: str, rng: np.random.Generator, sr: 
 def fit_audio(seconds: float = 120.0, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Deterministic music-like audio to fit codebooks on: [N, 10 s] float32 at `sample_rate`.
 
-    Each 10-s excerpt has one timbre (the demo corpus's five), a tempo of 60-140 BPM, a random
+    Each 10-s excerpt has one timbre (of the five), a tempo of 60-140 BPM, a random
     key, and a melody over chords (1-4 voices of notes of 1/4-2 beats); levels vary by excerpt.
     """
     rng = np.random.default_rng(seed)

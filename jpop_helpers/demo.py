@@ -13,7 +13,9 @@ and by ear (evaluate.evaluate_models).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
+import json
 import math
 import os
 import shutil
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .colab import progress
-from .io import atomic_path, slugify
+from .io import atomic_path, slugify, write_json
 
 SPEC = Path(__file__).resolve().parent.parent / "data_manifest" / "demo_corpus.csv"
 SOUNDFONT_GLOBS = ("/usr/share/sounds/sf2/*.sf2", "/usr/share/soundfonts/*.sf2", "/usr/share/sounds/sf3/*.sf3")
@@ -165,15 +167,18 @@ def write_demo_sources(path: str | Path, folders: dict[str, Path], genre: str = 
     return path
 
 
-# The base's pretraining: 100 steps of 8 clips. Longer, the tiny LM memorises its few training songs and
-# gets worse on the family's held-out songs (measured: valid CE 5.35 at step 50, 5.66 at 100, 6.73 at 300
-# of a 300-step run), so it would know less of its family, not more.
+# The base's pretraining: 100 steps of 8 clips, ending at 5.45 nats on its family's held-out songs (the
+# default demo). Much longer, the tiny LM memorises its few training songs and gets worse on held-out
+# ones (one 300-step run: 5.35 at step 50, 5.66 at 100, 6.73 at 300, the schedule still at a high rate),
+# so it would know less of its family, not more; 100 steps of a 100-step schedule end at a low rate.
 DEMO_BASE_STEPS = 100
-# Fine-tuning steps per mode. Longer full fine-tuning goes on learning what the two families share, and
-# what it cost on the base family shrinks (+0.27 nats after 30 steps, +0.07 after 60).
+# Fine-tuning steps per mode: a short fine-tune, whose cost on the base family shows. Longer, full
+# fine-tuning goes on learning what the two families share and that cost shrinks (measured on one base
+# and an earlier corpus that differed in one genre piece: +0.27 nats after 30 steps, +0.07 after 60).
 DEMO_TRAIN_STEPS = 30
 # Learning rates of the tiny model (64 wide, 2 layers: it wants larger steps than MusicGen's 1e-5/1e-4).
-# Full and LoRA fine-tune with the same rate, steps and data, so the comparison is of the method alone.
+# Full and LoRA fine-tune with the same rate, steps and data; each uses its mode's default optimizer
+# (8-bit AdamW for full, AdamW for LoRA's few weights), as a user's runs would.
 DEMO_LR = {"base": 3e-3, "full": 1e-3, "lora": 1e-3}
 DEMO_CLIPS, DEMO_CLIP_SECONDS = 8, 4.0  # generated clips per model and their length (CPU time)
 FAMILY_GENRE = {"genre": "j-pop", "base": "classical"}  # the genre each family's captions name
@@ -214,8 +219,6 @@ def pretrain_base(base_root: str | Path, run_dir: str | Path, model_dir: str | P
     Returns:
         the exported model's folder.
     """
-    import dataclasses
-
     from .export import export_run
     from .finetune import describe_training, run_training
 
@@ -231,8 +234,6 @@ def finetune_both(genre_root: str | Path, runs_dir: str | Path, base_model: str 
     Returns:
         mode -> run folder (runs_dir/tiny-full, runs_dir/tiny-lora).
     """
-    import dataclasses
-
     from .finetune import describe_training, run_training
 
     runs = {}
@@ -277,15 +278,51 @@ def story_ce(models: dict, genre_test: list, base_test: list, batch_size: int = 
                            + ce_rows(models, base_test, "other_genre", batch_size, device))
 
 
-def describe_story(ce: dict) -> str:
-    """The demo's story in a few lines: what fine-tuning gained on the genre and cost on the base family."""
+def describe_story(ce: dict, card: int | None = None) -> str:
+    """The demo's story in a few lines: what fine-tuning gained on the genre and cost on the base family.
+
+    Args:
+        card: codes per codebook; when given, the CE of a uniform guess (log card) is printed to read
+            the others against.
+    """
     def table(values: dict) -> list[str]:
         return [f"  {m:>5}: {v:.3f} / {math.exp(v):.1f}" + (f"  ({v - values['base']:+.3f} vs base)" if m != "base" else "")
                 for m, v in values.items()]
 
+    uniform = [f"a uniform guess over the {card} codes: {math.log(card):.3f} / {card}"] if card else []
     return "\n".join(["held-out genre songs, CE (nats; lower is better) / perplexity:", *table(ce["genre"]),
                       "base family's held-out songs (forgetting: + means worse than the base):",
-                      *table(ce["base_family"])])
+                      *table(ce["base_family"]), *uniform])
+
+
+STAMP = "demo_corpus.json"
+
+
+def claim_root(root: str | Path, seconds: float | None, per_artist: int | None) -> Path:
+    """Record which corpus a demo root is built from (the spec, --seconds, --per-artist), or refuse a root
+    built from another: rendering, download and prepare skip files that exist by name, so a re-run with
+    other settings would silently mix the old pieces into the new run.
+
+    Raises:
+        ValueError: the root holds a demo of another corpus or settings.
+    """
+    root = Path(root)
+    stamp = {"spec": [dataclasses.asdict(p) for p in read_spec()], "seconds": seconds, "per_artist": per_artist}
+    path = root / STAMP
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old != stamp:
+            raise ValueError(f"{root} holds a demo built from another corpus or other --seconds/--per-artist "
+                             f"({path}): use a new --root, or delete that one")
+        return path
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty and holds no demo stamp ({STAMP}): use a new --root")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(path, stamp)
+    return path
 
 
 def run_demo(root: str | Path, prepare_config, train_config, seconds: float | None = None,
@@ -301,11 +338,10 @@ def run_demo(root: str | Path, prepare_config, train_config, seconds: float | No
     genre songs and on the base family's held-out songs (forgetting), generated clips, FAD.
     Returns the exit status (0: clips were prepared).
     """
-    import dataclasses
-
     from .plots import save_summary_plots
 
     root = Path(root)
+    claim_root(root, seconds, per_artist)
     base_root = root / "base-family"
     print(f"[1/6] 01+02 on the genre family (the fine-tuning data): render (music21 + fluidsynth), download, "
           f"prepare into {root}")
@@ -321,6 +357,8 @@ def run_demo(root: str | Path, prepare_config, train_config, seconds: float | No
     print(base_result.summary())
     if train_steps <= 0:
         return 0 if result.rows else 1
+    train_config = dataclasses.replace(train_config, steps=train_steps, eval_every=max(train_steps // 4, 1),
+                                       save_every=train_steps)
     from .evaluate import EvalConfig, evaluate_models
     from .report import describe_evaluation
 
@@ -343,5 +381,5 @@ def run_demo(root: str | Path, prepare_config, train_config, seconds: float | No
                               test_items=genre_test, forgetting=base_test, device=device, info=info)
     print(describe_evaluation(summary))
     print("[6/6] the story: what fine-tuning gained on the genre and cost on the base's own music")
-    print(describe_story(story_from_rows(summary["ce"])))
+    print(describe_story(story_from_rows(summary["ce"]), card=models["base"].lm.card))
     return 0 if result.rows else 1

@@ -107,8 +107,16 @@ def _tiny_lm_base_cfg(dim: int, num_layers: int, num_heads: int) -> dict:
     }
 
 
+# What a bundled model's folder was built by (its BUILD_FILE): a folder built by another version is
+# rebuilt, so an older tiny model (e.g. with the noise-fitted codebooks) is never reused silently.
+TINY_BUILD = "fitted-codebooks-1"
+BUILD_FILE = "jpop_build.json"
+
+
 def build_tiny(folder: str | Path, seed: int = 0, variant: str = "tiny") -> Path:
-    """Write a randomly initialised tiny MusicGen to `folder` in audiocraft's checkpoint layout.
+    """Write a tiny MusicGen to `folder` in audiocraft's checkpoint layout: a random LM and SEANet
+    encoder/decoder, with codebooks fitted to music by codec_fit ("tiny"; the melody and stereo variants
+    copy its codec), then BUILD_FILE, last.
 
     Args:
         variant: one of TINY_MODELS; "tiny-melody" also writes its Demucs to `folder/demucs/`.
@@ -144,6 +152,8 @@ def build_tiny(folder: str | Path, seed: int = 0, variant: str = "tiny") -> Path
     lm_state = {k: v.half() if v.is_floating_point() else v for k, v in lm.state_dict().items()}
     with atomic_path(folder / "state_dict.bin") as tmp:
         torch.save({"xp.cfg": OmegaConf.to_yaml(lcfg), "best_state": lm_state}, tmp)
+    with atomic_path(folder / BUILD_FILE) as tmp:
+        tmp.write_text(json.dumps({"build": TINY_BUILD, "variant": variant, "seed": seed}))
     return folder
 
 
@@ -154,8 +164,16 @@ def default_device() -> str:
 def tiny_dir(name: str = "tiny") -> Path:
     """The folder of a bundled model: JPOP_TINY_MODEL_DIR (or the user cache's tiny-musicgen) for
     "tiny", and beside it `<that folder>-melody` / `-stereo` for the others."""
-    base = Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen-2"))  # 2: fitted codebooks
+    base = Path(os.environ.get("JPOP_TINY_MODEL_DIR", Path.home() / ".cache" / "jpop-musicgen" / "tiny-musicgen"))
     return base if name == "tiny" else base.with_name(f"{base.name}-{name.removeprefix('tiny-')}")
+
+
+def _built_here(folder: Path) -> bool:
+    """Whether `folder` holds a bundled model built by this version (BUILD_FILE says TINY_BUILD)."""
+    try:
+        return json.loads((folder / BUILD_FILE).read_text()).get("build") == TINY_BUILD
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def resolve_model_name(name: str) -> str:
@@ -163,7 +181,7 @@ def resolve_model_name(name: str) -> str:
     if name not in TINY_MODELS:
         return name
     folder = tiny_dir(name)
-    if not (folder / "state_dict.bin").exists():
+    if not (folder / "state_dict.bin").exists() or not _built_here(folder):
         build_tiny(folder, variant=name)
     return str(folder)
 

@@ -457,5 +457,5 @@ def step_logits(lm, attributes: list, codes: torch.Tensor, cfg_coef: float = 3.0
     return torch.stack(gen.recorded, dim=2)
 
 
-__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm", "seeded_python_random",
+__all__ = ["SamplingParams", "generate_tokens", "sample_tokens", "step_logits", "base_lm",
            "NOISE_CHUNK"]

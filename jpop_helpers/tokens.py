@@ -95,10 +95,16 @@ def encode_audio(model, audio: list[np.ndarray], n_valid: list[int]) -> list[tup
     """
     codec = model.compression_model
     device = next(codec.parameters()).device
-    wav = torch.from_numpy(np.stack([to_model_channels(a, model.audio_channels) for a in audio])).to(device)  # [B, C, T]
-    codes, _ = codec.encode(wav)  # [B, K, T_frames]
-    return [(c.cpu().to(torch.int16), valid_frames(n, model.sample_rate, model.frame_rate, c.shape[-1]))
-            for c, n in zip(codes, n_valid)]
+    out = []
+    for a, n in zip(audio, n_valid):
+        # One clip per forward: a batched convolution rounds differently with the batch, and a fitted
+        # codebook's nearest centroid can flip on a near-tie, so a clip's codes would depend on which clips
+        # shared its batch (a resumed tokenization would then differ from an uninterrupted one).
+        wav = torch.from_numpy(to_model_channels(a, model.audio_channels)[None]).to(device)  # [1, C, T]
+        codes, _ = codec.encode(wav)  # [1, K, T_frames]
+        out.append((codes[0].cpu().to(torch.int16),
+                    valid_frames(n, model.sample_rate, model.frame_rate, codes.shape[-1])))
+    return out
 
 
 def _audio_sig(path: Path) -> str | None:

@@ -6,7 +6,6 @@ read-only by convention: a test that writes under a data root or a run folder ta
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -93,7 +92,7 @@ def demo_story(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("story") / "demo"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):  # its one-line error too
         code = main(["demo", "--root", str(root), *DEMO_STORY_ARGS])
     assert code == 0, printed.getvalue()[-3000:]
     summary = json.loads((root / "eval" / "summary.json").read_text())

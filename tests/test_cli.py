@@ -182,3 +182,22 @@ def test_every_command_line_in_the_readme_parses():
     assert len(commands) >= 8
     for args in commands:
         build_parser().parse_args(args)  # SystemExit (argparse's error) fails the test
+
+
+def test_demo_refuses_a_root_built_from_another_corpus_or_settings(tmp_path, capsys):
+    """Rendering, download and prepare skip files that exist by name: a demo re-run into a root built with
+    other settings (or an older corpus) would mix old pieces in, so the root is refused before anything
+    is written. The same settings again are accepted (a re-run resumes)."""
+    from jpop_helpers.demo import STAMP, claim_root
+
+    root = tmp_path / "demo"
+    claim_root(root, 20.0, None)
+    assert claim_root(root, 20.0, None) == root / STAMP  # the same settings: accepted
+    before = sorted(p.name for p in root.iterdir())
+    assert main(["demo", "--root", str(root)]) == 1  # the default --seconds is another corpus
+    assert "another corpus" in capsys.readouterr().err and sorted(p.name for p in root.iterdir()) == before
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "raw").mkdir()  # a root of an earlier demo, from before the stamp
+    assert main(["demo", "--root", str(tmp_path / "old")]) == 1 and "no demo stamp" in capsys.readouterr().err
+    assert main(["demo", "--root", str(tmp_path / "x"), "--base-steps", "0"]) == 1
+    assert "--base-steps" in capsys.readouterr().err and not (tmp_path / "x").exists()

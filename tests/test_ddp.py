@@ -41,6 +41,17 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data_cop
     assert len(list((tmp_path / "ddp" / "checkpoints").glob("ckpt_*"))) == 2  # written once, by rank 0
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """The same weights up to rounding, as two runs of one computation in other process layouts give.
+
+    AdamW's normalised update (up to lr = 1e-3 a step) amplifies float rounding on the few weights whose
+    gradient is near zero: here 38 of 357,568 weights differed by more than 1e-5 (at most 1.6e-5), and on
+    another machine a resumed run's weights by more than 5e-5. A wrong or missing shard moves whole
+    slices, by a step's size (1e-3) or a weight's (0.02) at least."""
+    far = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
+    return far < 1e-3 * sum(v.numel() for v in a.values()) and all((a[k] - b[k]).abs().max() < 5e-4 for k in a)
+
+
 def test_fsdp_two_processes_match_one_process_and_resume_on_one(data_copy, tiny_tokens, tmp_path):
     """FSDP (fully_shard) under torchrun with 2 gloo processes == 1 process on the same global batch,
     and its sharded checkpoint (torch.distributed.checkpoint) resumes in 1 process."""
@@ -90,9 +101,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_on_one(data_copy, tiny_
     assert [s for s, _ in curve(two_rows)] == [1, 2, 3, 4]
     assert [c for _, c in curve(two_rows)] == pytest.approx([c for _, c in curve(one.metrics)], rel=1e-5)
     a, b = load_weights(ckpts[-1]), load_weights(list_checkpoints(tmp_path / "one" / "checkpoints")[-1])
-    # AdamW's normalised update (up to lr = 1e-3 per step) amplifies rounding where a gradient is near
-    # zero: 1.7e-5 was measured on a cross-attention in_proj after 4 steps; a wrong shard would be ~1e-3.
-    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=5e-5) for k in a)
+    assert set(a) == set(b) and same_weights(a, b)
     assert any(not torch.equal(a[k], load_weights(ckpts[0])[k]) for k in a)  # steps 3-4 did move the weights
 
     # 2 -> 1 process: the step-2 checkpoint of the 2-process run, resumed here
@@ -107,4 +116,4 @@ def test_fsdp_two_processes_match_one_process_and_resume_on_one(data_copy, tiny_
     assert resumed.start_step == 2
     assert [c for _, c in curve(resumed.metrics)] == pytest.approx([c for _, c in curve(two_rows)], rel=1e-5)
     c = load_weights(list_checkpoints(resumed_dir / "checkpoints")[-1])
-    assert all(torch.allclose(a[k], c[k], atol=5e-5) for k in a)  # AdamW's amplified rounding, as above
+    assert same_weights(a, c)

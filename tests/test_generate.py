@@ -110,6 +110,8 @@ def test_clips_longer_than_the_model_window_use_audiocrafts_extension(tiny, call
     """Beyond max_duration the clip comes from audiocraft's windowed generate, with a stride the window
     allows (audiocraft's default 18 s asserts for any window of 18 s or less), at the length asked for,
     reproducible from its seed; the sampler is not used."""
+    for name in ("duration", "extend_stride", "generation_params"):  # restored for the module's other tests
+        monkeypatch.setattr(tiny, name, getattr(tiny, name))
     monkeypatch.setattr(tiny, "max_duration", 2.0)
     cfg = GenerateConfig(duration=3.0, top_k=50)
     a = generate.make_clips(tiny, ["calm piano"], [5], cfg)
