@@ -92,7 +92,7 @@ def main() -> None:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             out = {}
-            wall, cpu = _time(lambda: out.update(stems=separate(model, wav, 44100, device)), device)
+            wall, cpu = _time(lambda m=model: out.update(stems=separate(m, wav, 44100, device)), device)
             assert all(s.shape == wav.shape for s in out["stems"].values())
             row = {"device": device, "audio_seconds": seconds, "wall_s": round(wall, 3),
                    "wall_s_per_audio_min": round(wall / seconds * 60, 2), "realtime_factor": round(seconds / wall, 2),

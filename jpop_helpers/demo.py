@@ -167,14 +167,14 @@ def write_demo_sources(path: str | Path, folders: dict[str, Path], genre: str = 
     return path
 
 
-# The base's pretraining: 100 steps of 8 clips, ending at 5.45 nats on its family's held-out songs (the
+# The base's pretraining: 100 steps of 8 clips, ending at 5.56 nats on its family's held-out songs (the
 # default demo). Much longer, the tiny LM memorises its few training songs and gets worse on held-out
 # ones (one 300-step run: 5.35 at step 50, 5.66 at 100, 6.73 at 300, the schedule still at a high rate),
 # so it would know less of its family, not more; 100 steps of a 100-step schedule end at a low rate.
 DEMO_BASE_STEPS = 100
 # Fine-tuning steps per mode: a short fine-tune, whose cost on the base family shows. Longer, full
 # fine-tuning goes on learning what the two families share and that cost shrinks (measured on one base
-# and an earlier corpus that differed in one genre piece: +0.27 nats after 30 steps, +0.07 after 60).
+# and an earlier corpus, with synth brass for the piano: +0.27 nats after 30 steps, +0.07 after 60).
 DEMO_TRAIN_STEPS = 30
 # Learning rates of the tiny model (64 wide, 2 layers: it wants larger steps than MusicGen's 1e-5/1e-4).
 # Full and LoRA fine-tune with the same rate, steps and data; each uses its mode's default optimizer

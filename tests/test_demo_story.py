@@ -21,28 +21,28 @@ def test_the_readme_demo_command_runs_every_stage(demo_story):
 
 
 def test_the_base_knows_its_own_family_better_than_the_genre(demo_story):
-    """Measured: 5.45-5.65 nats on its family's held-out songs, 6.6-7.4 on the genre's."""
+    """Measured: 5.49-5.63 nats on its family's held-out songs, 6.20-7.35 on the genre's."""
     ce = demo_story[3]
-    assert ce["base_family"]["base"] < ce["genre"]["base"] - 0.5, ce
+    assert ce["base_family"]["base"] < ce["genre"]["base"] - 0.3, ce
 
 
 def test_fine_tuning_lowers_the_held_out_genre_ce_full_and_lora(demo_story):
-    """Held-out genre songs (never trained on): both fine-tunes beat the base by a margin (measured:
-    full -0.47 to -1.11, LoRA -0.19 to -0.88 in five runs), and full fine-tuning learns more in the
-    same steps (by 0.23 to 0.30)."""
+    """Held-out genre songs (never trained on): both fine-tunes beat the base by a margin (measured in
+    five runs: full -0.78 to -1.09, LoRA -0.43 to -0.83), and full fine-tuning learns more in the same
+    steps (by 0.14 to 0.35)."""
     g = demo_story[3]["genre"]
-    assert g["full"] < g["base"] - 0.25, g
-    assert g["lora"] < g["base"] - 0.1, g
-    assert g["full"] < g["lora"] - 0.1, g
+    assert g["full"] < g["base"] - 0.4, g
+    assert g["lora"] < g["base"] - 0.2, g
+    assert g["full"] < g["lora"] - 0.05, g
 
 
 def test_fine_tuning_on_the_genre_costs_the_base_on_its_own_family(demo_story):
-    """The forgetting check: CE on the base family's held-out songs rises after LoRA fine-tuning
-    (measured +0.38 to +0.50) and does not fall after full fine-tuning (+0.20 to +0.40). That full
-    fine-tuning forgets MORE than LoRA is not asserted: at this scale it forgot less in every run."""
+    """The forgetting check: CE on the base family's held-out songs rises after fine-tuning on the genre
+    (measured in five runs: full +0.14 to +0.30, LoRA +0.35 to +0.39). That full fine-tuning forgets
+    MORE than LoRA is not asserted: at this scale it forgot less in every run (README)."""
     b = demo_story[3]["base_family"]
-    assert b["lora"] > b["base"] + 0.1, b
-    assert b["full"] > b["base"] - 0.05, b
+    assert b["lora"] > b["base"] + 0.15, b
+    assert b["full"] > b["base"] + 0.05, b
 
 
 def test_the_story_is_measured_on_held_out_songs_of_each_family(demo_story):

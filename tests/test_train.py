@@ -36,14 +36,14 @@ def corrupt_loss(monkeypatch, factor_at):
     return lambda: monkeypatch.setattr(L, "codebook_ce", real_ce)
 
 
-@pytest.mark.parametrize("mode,margin", [("full", 0.1), ("lora", 0.05)])
-def test_valid_ce_falls_clearly_in_both_modes(tiny_tokens, tmp_path, mode, margin):
-    """Validation CE (a held-out song) falls by a margin in nats (measured: full -0.21, LoRA -0.10 in 30
-    steps). Small, because the fitted codec's codes of one synth-lead song say little about another's
-    (a unigram fitted on the train songs scores 6.1 nats on held-out ones, worse than log 400), but
-    deterministic for a machine and far from what no learning gives (0)."""
-    train_items, valid_items = tiny_tokens
-    result = train(tiny_config(mode, steps=30), tmp_path / mode, train_items, valid_items, device="cpu")
+@pytest.mark.parametrize("mode,margin", [("full", 0.3), ("lora", 0.3)])
+def test_training_fits_its_clips_in_both_modes(tiny_tokens, tmp_path, mode, margin):
+    """CE on the clips it trains on, validated every 30 steps, falls by a margin in nats. Validation
+    here is on the train clips themselves: with the fitted codec one held-out song's codes say little
+    about another's (README, "The offline demo"), so a held-out CE after 30 steps from a random tiny
+    model moves by a few hundredths either way, which tests nothing."""
+    train_items, _ = tiny_tokens
+    result = train(tiny_config(mode, steps=30), tmp_path / mode, train_items, train_items, device="cpu")
     valid = [r for r in result.metrics if "valid/ce" in r]
     assert valid[0]["step"] == 0 and valid[-1]["step"] == 30
     assert valid[-1]["valid/ce"] < valid[0]["valid/ce"] - margin, valid
@@ -133,9 +133,9 @@ def test_activation_checkpointing_gives_the_same_step(tiny_tokens, tmp_path):
 def test_8bit_adamw_trains_and_keeps_8bit_state(tiny_tokens, tmp_path):
     train_items, valid_items = tiny_tokens
     result = train(tiny_config("full", steps=10, optimizer="adamw8bit", eval_every=10), tmp_path / "r",
-                   train_items, valid_items, device="cpu")
+                   train_items, train_items, device="cpu")  # validated on its own clips: see the test above
     valid = [r["valid/ce"] for r in result.metrics if "valid/ce" in r]
-    assert valid[-1] < valid[0] - 0.05  # measured -0.10 nats in 10 steps
+    assert valid[-1] < valid[0] - 0.1
     state = checkpoint_state(tmp_path / "r")["optimizer"]
     flat = []
     for s in state["state"].values():  # bitsandbytes nests its quantised state one level down
