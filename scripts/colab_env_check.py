@@ -44,7 +44,7 @@ REQUIREMENTS = [REPO / "requirements.txt", REPO / "requirements-dev.txt"]
 ALLOWED_CHANGES = {"certifi": "yt-dlp[default] requires the newest CA bundle"}
 # Pure-Python dependencies that publish no wheel at all: built from source. Any other package must
 # have a wheel for Colab's Python.
-SDIST_ONLY = ["flashy", "docopt", "audiocraft"]
+SDIST_ONLY = ["flashy", "docopt", "audiocraft", "torchvggish"]
 # Colab's versions that must be present before our install, whatever requirements*.txt list (issue 8).
 ALWAYS_PREINSTALLED = ["numpy", "transformers", "peft", "ipywidgets", "protobuf", "librosa"]
 TORCH_STAND_IN = "torch==2.13.0"  # the CPU build cached on our machines (cp311)
