@@ -49,23 +49,6 @@ DESCRIPTIONS = ["upbeat j-pop song with bright synths piano and a catchy female 
                 "calm lofi city pop with warm electric piano and a slow groove"]
 
 
-class WordTokenizer:
-    """One hashed token per word (audiocraft's WhiteSpaceTokenizer without its spaCy model)."""
-
-    def __init__(self, n_bins: int):
-        self.n_bins = n_bins
-
-    def __call__(self, texts):
-        from audiocraft.utils.utils import hash_trick, length_to_mask
-
-        words = [[] if t is None else t.split() for t in texts]
-        width = max(1, max(len(w) for w in words))
-        tokens = torch.zeros(len(texts), width, dtype=torch.long)
-        for i, w in enumerate(words):
-            tokens[i, : len(w)] = torch.tensor([hash_trick(x, self.n_bins) + 1 for x in w], dtype=torch.long)
-        return tokens, length_to_mask(torch.tensor([len(w) for w in words]), max_len=width).int()
-
-
 def lm_cfg(size: str, device: str) -> dict:
     from jpop_helpers.model import tiny_lm_cfg
 
@@ -82,6 +65,8 @@ def lm_cfg(size: str, device: str) -> dict:
 def build_lm(size: str, device: str):
     from audiocraft.models import builders
     from omegaconf import OmegaConf
+
+    from jpop_helpers.model import WordTokenizer
 
     torch.manual_seed(0)
     lm = builders.get_lm_model(OmegaConf.create(lm_cfg(size, device)))

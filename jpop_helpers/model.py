@@ -107,6 +107,28 @@ def _tiny_lm_base_cfg(dim: int, num_layers: int, num_heads: int) -> dict:
     }
 
 
+class WordTokenizer:
+    """audiocraft's WhiteSpaceTokenizer without its spaCy model, for stand-ins with a lookup-table text
+    conditioner (tests, benches): one hashed token per word, padded with 0 and masked, so descriptions of
+    different lengths give conditions of different lengths (as T5's do).
+
+    Returns (call): tokens [B, W] long, mask [B, W] int.
+    """
+
+    def __init__(self, n_bins: int):
+        self.n_bins = n_bins
+
+    def __call__(self, texts):
+        from audiocraft.utils.utils import hash_trick, length_to_mask
+
+        words = [[] if t is None else t.split() for t in texts]
+        width = max(1, max(len(w) for w in words))
+        tokens = torch.zeros(len(texts), width, dtype=torch.long)
+        for i, w in enumerate(words):
+            tokens[i, : len(w)] = torch.tensor([hash_trick(x, self.n_bins) + 1 for x in w], dtype=torch.long)
+        return tokens, length_to_mask(torch.tensor([len(w) for w in words]), max_len=width).int()
+
+
 # What a bundled model's folder was built by (its BUILD_FILE): a folder built by another version is
 # rebuilt, so an older tiny model (e.g. with the noise-fitted codebooks) is never reused silently.
 TINY_BUILD = "fitted-codebooks-1"

@@ -14,27 +14,10 @@ import random
 import pytest
 import torch
 
+from jpop_helpers.model import WordTokenizer
 from jpop_helpers.sampler import SamplingParams, generate_tokens, sample_tokens, step_logits
 
 PROMPTS = ["calm piano", "fast drums with a loud electric guitar solo", "city pop at night with synths"]
-
-
-class WordTokenizer:
-    """audiocraft's WhiteSpaceTokenizer without its spaCy model: one hashed token per word, padded with
-    0 and masked, so descriptions of different lengths give conditions of different lengths (as T5's)."""
-
-    def __init__(self, n_bins: int):
-        self.n_bins = n_bins
-
-    def __call__(self, texts):
-        from audiocraft.utils.utils import hash_trick, length_to_mask
-
-        words = [[] if t is None else t.split() for t in texts]
-        width = max(1, max(len(w) for w in words))
-        tokens = torch.zeros(len(texts), width, dtype=torch.long)
-        for i, w in enumerate(words):
-            tokens[i, : len(w)] = torch.tensor([hash_trick(x, self.n_bins) + 1 for x in w], dtype=torch.long)
-        return tokens, length_to_mask(torch.tensor([len(w) for w in words]), max_len=width).int()
 
 
 class EnvelopeMelody:
