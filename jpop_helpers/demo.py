@@ -50,9 +50,20 @@ class DemoPiece:
 
 
 def read_spec(path: str | Path = SPEC) -> list[DemoPiece]:
+    """The demo corpus's pieces (data_manifest/demo_corpus.csv).
+
+    Raises:
+        ValueError: naming the file and the row, for a missing column or a value that is not a number.
+    """
     lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
-    return [DemoPiece(r["artist"], r["title"], r["piece"], int(r["program"]), float(r["bpm"]), float(r["seconds"]),
-                      r["format"], r.get("family") or "genre") for r in csv.DictReader(lines)]
+    pieces = []
+    for row, r in enumerate(csv.DictReader(lines), start=1):
+        try:
+            pieces.append(DemoPiece(r["artist"], r["title"], r["piece"], int(r["program"]), float(r["bpm"]),
+                                    float(r["seconds"]), r["format"], r.get("family") or "genre"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: piece {row}: {type(e).__name__}: {e}") from None
+    return pieces
 
 
 def find_soundfont() -> Path:

@@ -201,3 +201,16 @@ def test_demo_refuses_a_root_built_from_another_corpus_or_settings(tmp_path, cap
     assert main(["demo", "--root", str(tmp_path / "old")]) == 1 and "no demo stamp" in capsys.readouterr().err
     assert main(["demo", "--root", str(tmp_path / "x"), "--base-steps", "0"]) == 1
     assert "--base-steps" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_bad_demo_spec_row_is_named(tmp_path):
+    from jpop_helpers.demo import read_spec
+
+    spec = tmp_path / "spec.csv"
+    spec.write_text("family,artist,title,piece,program,bpm,seconds,format\n"
+                    "genre,A,One,bach/bwv269,0,72,30,ogg\ngenre,A,Two,bach/bwv269,piano,72,30,ogg\n")
+    with pytest.raises(ValueError, match=r"spec\.csv: piece 2: ValueError"):
+        read_spec(spec)
+    spec.write_text("artist,title\nA,One\n")
+    with pytest.raises(ValueError, match=r"spec\.csv: piece 1: KeyError"):
+        read_spec(spec)
