@@ -314,17 +314,25 @@ def _assemble(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
 
     slices: dict[str, list] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("DCP_SHARDING_INFO", "{}"))
-            for k in f.keys():
-                if k.startswith(prefix):
-                    t = f.get_tensor(k)
-                    slices.setdefault(k, []).append((info.get(k, {}).get("saved_offsets", [0] * t.dim()), t))
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                info = json.loads((f.metadata() or {}).get("DCP_SHARDING_INFO", "{}"))
+                for k in f.keys():
+                    if k.startswith(prefix):
+                        t = f.get_tensor(k)
+                        slices.setdefault(k, []).append((info.get(k, {}).get("saved_offsets", [0] * t.dim()), t))
+        except Exception as e:  # a truncated or foreign file: say which
+            raise ValueError(f"{file}: unreadable checkpoint shard ({type(e).__name__}: {e})") from e
     out = {}
     for k, parts in slices.items():
         shape = [max(o[d] + t.shape[d] for o, t in parts) for d in range(parts[0][1].dim())]
         full = torch.empty(shape, dtype=parts[0][1].dtype)
+        filled = torch.zeros(shape, dtype=torch.bool)
         for o, t in parts:
-            full[tuple(slice(a, a + n) for a, n in zip(o, t.shape))] = t
+            region = tuple(slice(a, a + n) for a, n in zip(o, t.shape))
+            full[region] = t
+            filled[region] = True
+        if not bool(filled.all()):  # a shard file is missing: its slice would be uninitialised memory
+            raise ValueError(f"{folder}: {k} is missing slices (a shard file of this checkpoint is absent)")
         out[k] = full
     return out

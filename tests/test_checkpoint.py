@@ -108,3 +108,25 @@ def test_a_disk_that_fills_while_writing_leaves_nothing_half_written(tmp_path, m
     with pytest.raises(OSError, match="no space left on"):
         save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {"step": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sharded_checkpoint_missing_a_shard_or_holding_a_bad_one_is_refused_by_name(tmp_path):
+    """Slices are placed by the offsets in each file's DCP header; a missing file would leave its slice as
+    uninitialised memory in the assembled weights, so it is refused, and an unreadable file is named."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from jpop_helpers.checkpoint import _assemble
+
+    w = torch.arange(12.0).reshape(6, 2)
+    for i in range(3):  # three processes, two rows each, as FSDP's dim-0 sharding writes them
+        save_file({"model.w": w[2 * i : 2 * i + 2].contiguous()}, str(tmp_path / f"shard-{i + 1:05d}.safetensors"),
+                  metadata={"DCP_SHARDING_INFO": json.dumps({"model.w": {"saved_offsets": [2 * i, 0]}})})
+    assert torch.equal(_assemble(tmp_path, "model.")["model.w"], w)
+    (tmp_path / "shard-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="model.w is missing slices"):
+        _assemble(tmp_path, "model.")
+    (tmp_path / "shard-00002.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="shard-00002.safetensors: unreadable checkpoint shard"):
+        _assemble(tmp_path, "model.")
