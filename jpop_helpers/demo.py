@@ -280,15 +280,6 @@ def story_from_rows(rows: list[dict]) -> dict:
             "base_family": {r["model"]: r["ce"] for r in rows if r["split"] == "other_genre"}, "rows": rows}
 
 
-def story_ce(models: dict, genre_test: list, base_test: list, batch_size: int = 4, device: str = "cpu") -> dict:
-    """CE of every model on the held-out genre songs and on the base family's held-out songs, as the
-    evaluation computes it (evaluate.ce_rows); see `story_from_rows`."""
-    from .evaluate import ce_rows
-
-    return story_from_rows(ce_rows(models, genre_test, "test", batch_size, device)
-                           + ce_rows(models, base_test, "other_genre", batch_size, device))
-
-
 def describe_story(ce: dict, card: int | None = None) -> str:
     """The demo's story in a few lines: what fine-tuning gained on the genre and cost on the base family.
 

@@ -160,11 +160,6 @@ def embed_clips(embedder: Embedder, files: list[str | Path], seconds: float | No
     return out
 
 
-def embed_files(embedder: Embedder, files: list[str | Path]) -> np.ndarray:
-    """Window embeddings of every file, stacked: [sum of windows, D]."""
-    return np.concatenate(embed_clips(embedder, files))
-
-
 def _distance(clips_a: list[np.ndarray], clips_b: list[np.ndarray]) -> float:
     """FAD of the stacked windows of two sets of clips.
 
