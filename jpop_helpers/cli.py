@@ -126,13 +126,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .generate import GenerateConfig, generate_set, read_melodies
+    from .generate import GenerateConfig, check_melody_files, generate_set, read_melodies
     from .model import default_device, load_musicgen
 
     device = a.device or default_device()
-    missing = [p for p in a.melody or [] if not Path(p).is_file()]
-    if missing:  # before the (slow) model load
-        raise ValueError(f"melody file not found: {', '.join(missing)}")
+    check_melody_files(a.melody or [])  # before the (slow) model load
     if a.run:
         from .runs import load_run_lm
 

@@ -143,9 +143,9 @@ def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0) -> 
     """Melody models generate "in the style, following this melody": prompt i follows a held-out test
     clip (drawn with a fixed seed, one song after another), the same for every model compared. None
     when the models take no melody (all of them must, since every model gets the same inputs)."""
-    from .melody import SELF_WAV, melody_input
+    from .melody import melody_input, takes_melody
 
-    takes = [SELF_WAV in m.lm.condition_provider.conditioners for m in models.values()]
+    takes = [takes_melody(m) for m in models.values()]
     if not takes or not all(takes):
         return None
     clips = split_clips(root, "test")
@@ -256,12 +256,12 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
 
 
 def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | None = None, embedder=None,
-                 device: str = "cpu", clap=None, others: dict | None = None) -> dict:
+                 device: str = "cpu", clap=None) -> dict:
     """Evaluate a run ("finetuned") against its base model; writes <run>/eval/ and returns the summary.
+    More runs at once: `evaluate_models`.
 
     Args:
         embedder, clap: see `evaluate_models`.
-        others: more runs to compare alongside, name -> run folder (same base model).
     """
     from .model import load_musicgen
 
@@ -270,8 +270,6 @@ def evaluate_run(root: str | Path, run_dir: str | Path, config: EvalConfig | Non
     tuned, run_cfg = load_run_lm(run_dir, device)
     base_name = config.base or run_cfg["model"]
     models = {"base": load_musicgen(base_name, device), "finetuned": tuned}
-    for name, other in (others or {}).items():
-        models[name] = load_run_lm(other, device)[0]
     curves = None
     if run.metrics.exists():
         from .plots import save_training_curves

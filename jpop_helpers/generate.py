@@ -23,7 +23,7 @@ import torch
 from .colab import progress
 from .io import atomic_path, short_hash, write_wav
 from .manifest import split_clips
-from .melody import seeded_python_random
+from .melody import seeded_python_random, takes_melody
 from .sampler import SamplingParams, generate_tokens
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,28 @@ def clip_name(model_fingerprint: str, prompt: str, seed: int, config: GenerateCo
     return short_hash(json.dumps(made_by, sort_keys=True), 16)
 
 
+def require_melody_model(model, name: str) -> None:
+    """Raises ValueError naming `model` when it takes no melody."""
+    if not takes_melody(model):
+        raise ValueError(f"model {name!r} takes no melody (its LM has no 'self_wav' conditioner): a melody needs a "
+                         f"melody model, e.g. facebook/musicgen-melody (or tiny-melody offline)")
+
+
+def check_melody_files(paths: list[str | Path]) -> None:
+    """Raises ValueError naming every melody file that does not exist (cheap: before a model loads)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"melody file not found: {', '.join(missing)}")
+
+
 def _check_melodies(model, name: str, prompts: list[str], melodies: list | None) -> None:
     """Raises ValueError naming every unusable melody (before anything is generated)."""
     if melodies is None:
         return
     if len(melodies) != len(prompts):
         raise ValueError(f"{len(melodies)} melodies for {len(prompts)} prompts: give one per prompt (or None)")
-    if any(m is not None for m in melodies) and "self_wav" not in model.lm.condition_provider.conditioners:
-        raise ValueError(f"model {name!r} takes no melody (its LM has no 'self_wav' conditioner): use a melody model")
+    if any(m is not None for m in melodies):
+        require_melody_model(model, name)
     problems = []
     for i, m in enumerate(melodies):
         if m is None:
@@ -116,16 +130,12 @@ def read_melodies(paths: list[str | Path], n_prompts: int, model, model_name: st
         ValueError: the model takes no melody (naming it), a file is missing or cannot be decoded
             (naming the file), or the number of files fits neither one nor every prompt.
     """
-    from .melody import SELF_WAV, melody_input
+    from .melody import melody_input
 
-    if SELF_WAV not in model.lm.condition_provider.conditioners:
-        raise ValueError(f"model {model_name!r} takes no melody (its LM has no '{SELF_WAV}' conditioner): a melody "
-                         f"needs a melody model, e.g. facebook/musicgen-melody (or tiny-melody offline)")
+    require_melody_model(model, model_name)
     if len(paths) not in (1, n_prompts):
         raise ValueError(f"{len(paths)} melody files for {n_prompts} prompts: give one for every prompt, or one per prompt")
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"melody file not found: {', '.join(missing)}")
+    check_melody_files(paths)
     melodies = [melody_input(p, model.sample_rate) for p in paths]  # ValueError naming an undecodable file
     return melodies * n_prompts if len(melodies) == 1 else melodies
 
