@@ -139,22 +139,33 @@ def _load_vggish(config: EvalConfig, device: str):
         return None, note
 
 
-def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0) -> list | None:
+def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0,
+                      problems: ProblemLog | None = None) -> list | None:
     """Melody models generate "in the style, following this melody": prompt i follows a held-out test
     clip (drawn with a fixed seed, one song after another), the same for every model compared. None
-    when the models take no melody (all of them must, since every model gets the same inputs)."""
+    when the models take no melody (all of them must, since every model gets the same inputs). A clip
+    that cannot be decoded is reported in `problems` (by name) and skipped."""
     from .melody import melody_input, takes_melody
 
     takes = [takes_melody(m) for m in models.values()]
     if not takes or not all(takes):
         return None
-    clips = split_clips(root, "test")
-    if not clips:
-        raise EmptySplitError(f"{root}: the test split has no clips to use as melodies")
+    clips = split_clips(root, "test", problems)
     rng = random.Random(seed)
-    order = rng.sample(clips, len(clips))
     rate = next(iter(models.values())).sample_rate
-    return [melody_input(order[i % len(order)].path, rate) for i in range(n)]
+    melodies = []
+    for clip in rng.sample(clips, len(clips)):
+        if len(melodies) == n:  # enough: the rest are never decoded
+            break
+        try:
+            melodies.append(melody_input(clip.path, rate))
+        except ValueError as e:
+            if problems is None:
+                raise
+            problems.add(clip.path, str(e))
+    if not melodies:
+        raise EmptySplitError(f"{root}: the test split has no clips to use as melodies")
+    return [melodies[i % len(melodies)] for i in range(n)]
 
 
 def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config: EvalConfig | None = None, *,
@@ -203,7 +214,7 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
     prompts = generation_prompts(root, config)
-    melodies = held_out_melodies(root, models, len(prompts), config.seed)
+    melodies = held_out_melodies(root, models, len(prompts), config.seed, problems)
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed),
                        melodies=melodies)
     files = {name: [r["path"] for r in gen if r["model"] == name] for name in models}  # same prompts, same order

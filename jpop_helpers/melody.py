@@ -54,10 +54,14 @@ def model_takes_melody(name: str) -> bool:
 
     lm_file, _ = checkpoint_files(name)
     try:
-        pkg = torch.load(lm_file, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # torch's legacy format cannot be mapped
-        pkg = torch.load(lm_file, map_location="cpu", weights_only=True)
-    return SELF_WAV in (OmegaConf.create(pkg["xp.cfg"]).get("conditioners") or {})
+        try:
+            pkg = torch.load(lm_file, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # torch's legacy format cannot be mapped
+            pkg = torch.load(lm_file, map_location="cpu", weights_only=True)
+        conditioners = OmegaConf.create(pkg["xp.cfg"]).get("conditioners") or {}
+    except Exception as e:  # truncated, foreign, or without audiocraft's config: say which file
+        raise ValueError(f"{lm_file}: cannot read the model's checkpoint ({type(e).__name__}: {e})") from e
+    return SELF_WAV in conditioners
 
 
 def melody_dropout(lm) -> float:

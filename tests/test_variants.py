@@ -254,3 +254,34 @@ def test_evaluation_gives_melody_models_held_out_melodies_and_others_none(melody
     assert [n for *_, n in held_out_melodies(root, {"base": model}, 5, seed=0)] == [n for *_, n in mel]
     no_melody = SimpleNamespace(lm=SimpleNamespace(condition_provider=SimpleNamespace(conditioners={})))
     assert held_out_melodies(root, {"base": no_melody, "run": model}, 5) is None
+
+
+def test_an_undecodable_test_clip_is_reported_by_name_and_the_other_melodies_are_used(melody, demo_root, tmp_path):
+    from jpop_helpers.evaluate import held_out_melodies
+    from jpop_helpers.loss import EmptySplitError
+    from jpop_helpers.manifest import split_clips
+    from jpop_helpers.problems import ProblemLog
+
+    model = melody[0]
+    data = copy_prepared(demo_root, tmp_path / "data")
+    clips = split_clips(data, "test")
+    assert len(clips) >= 2
+    clips[0].path.write_bytes(b"not audio")  # e.g. a clip damaged by an interrupted Drive sync
+    problems = ProblemLog.for_stage(data, "evaluate")
+    mel = held_out_melodies(data, {"base": model}, 3, seed=0, problems=problems)
+    assert len(mel) == 3 and clips[0].path.stem not in {name for *_, name in mel}
+    assert {name for *_, name in mel} == {c.path.stem for c in clips[1:]}
+    assert str(clips[0].path) in (data / "reports" / "evaluate_problems.jsonl").read_text()
+    for clip in clips[1:]:
+        clip.path.write_bytes(b"not audio")
+    with pytest.raises(EmptySplitError, match="no clips to use as melodies"):
+        held_out_melodies(data, {"base": model}, 3, seed=0, problems=problems)
+
+
+def test_a_damaged_checkpoint_is_named_when_asking_whether_a_model_takes_a_melody(tmp_path):
+    from jpop_helpers.melody import model_takes_melody
+
+    (tmp_path / "state_dict.bin").write_bytes(b"truncated")
+    (tmp_path / "compression_state_dict.bin").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=r"state_dict\.bin: cannot read the model's checkpoint"):
+        model_takes_melody(str(tmp_path))
