@@ -31,7 +31,6 @@ index after them, and unnamed shards are deleted last (a kill leaves the old or 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable
@@ -41,12 +40,11 @@ from audiocraft.modules.conditioners import T5Conditioner, TextConditioner
 from safetensors.torch import save as save_safetensors
 
 from .io import atomic_path, discard, read_json, slugify, write_json
-from .tokens import read_shard  # the same verified-shard reader as the token cache
+from .tokens import SHARD_NAME, leftover_files, next_shard_number, read_shard  # the token cache's shard bookkeeping
 
 FORMAT = "jpop-text-cache/1"
 INDEX = "index.json"
 SHARD_TEXTS = 2000  # ~25 tokens x 768 x 4 bytes = 77 KB a caption: ~150 MB a shard
-_SHARD = re.compile(r"^shard-(\d{5,})\.safetensors$")
 
 
 def cache_folder(root: str | Path, model_name: str) -> Path:
@@ -148,7 +146,7 @@ def _read_index(folder: Path, signature: str) -> tuple[dict, dict]:
         if raw.get("format") != FORMAT or raw.get("encoder") != signature:
             return {}, {}
         shards = {n: m for n, m in raw["shards"].items()
-                  if _SHARD.match(n) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha1"), str)}
+                  if SHARD_NAME.match(n) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha1"), str)}
         texts = {k: e for k, e in raw["texts"].items() if isinstance(e, dict) and e.get("shard") in shards
                  and isinstance(e.get("tokens"), int)}
         return shards, texts
@@ -181,8 +179,7 @@ def load_or_encode(conditioner: T5Conditioner, texts: Iterable[str], folder: str
     new = encode_texts(conditioner, todo) if todo else {}
     table.update(new)
     if write and (new or kept != index):
-        existing = [*shards, *(p.name for p in folder.iterdir())] if folder.exists() else []
-        number = 1 + max((int(m[1]) for m in map(_SHARD.match, existing) if m), default=0)
+        number = next_shard_number(folder, shards)
         items = list(new.items())
         for i in range(0, len(items), SHARD_TEXTS):
             name = f"shard-{number:05d}.safetensors"
@@ -193,13 +190,11 @@ def load_or_encode(conditioner: T5Conditioner, texts: Iterable[str], folder: str
             kept_shards[name] = {"bytes": len(data), "sha1": hashlib.sha1(data).hexdigest()}
             kept.update({text_key(t): {"shard": name, "tokens": h.shape[0]} for t, h in items[i : i + SHARD_TEXTS]})
         write_json(folder / INDEX, {"format": FORMAT, "encoder": signature, "shards": kept_shards, "texts": kept})
-        for f in folder.iterdir():  # only now: shards the new index does not name, crash leftovers
-            if f.is_file() and ((_SHARD.match(f.name) and f.name not in kept_shards)
-                                or (f.name.startswith((".shard-", ".index.")) and ".tmp." in f.name)):
-                try:
-                    discard(f)
-                except OSError:
-                    pass
+        for f in leftover_files(folder, kept_shards):  # only now, with the new index written
+            try:
+                discard(f)
+            except OSError:
+                pass
     return table
 
 

@@ -49,7 +49,7 @@ SHARD_CLIPS = 1000
 MAX_PARTIAL = 4  # shards less than half full (of current clips) tolerated before they are repacked
 INDEX = "index.json"
 FORMAT = "jpop-token-shards/1"
-_SHARD = re.compile(r"^shard-(\d{5,})\.safetensors$")
+SHARD_NAME = re.compile(r"^shard-(\d{5,})\.safetensors$")
 
 
 CHROMA = "#chroma"  # suffix of a clip's chroma tensor in a shard
@@ -129,7 +129,7 @@ def _read_index(folder: Path) -> tuple[dict[str, dict], dict[str, dict]]:
         if raw.get("format") != FORMAT:
             return {}, {}
         shards = {n: m for n, m in raw["shards"].items()
-                  if _SHARD.match(n) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha1"), str)}
+                  if SHARD_NAME.match(n) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha1"), str)}
         clips = {c: e for c, e in raw["clips"].items() if _is_entry(e) and e["shard"] in shards}
         return shards, clips
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -155,6 +155,22 @@ def _discard(path: Path) -> None:
         pass
 
 
+def next_shard_number(folder: Path, index_names) -> int:
+    """A shard number neither `folder` nor the index's names (`index_names`) has used: never reuse one,
+    since an old index may still name that shard until the new index replaces it."""
+    names = [*index_names, *(p.name for p in folder.iterdir())] if folder.exists() else list(index_names)
+    return 1 + max((int(m[1]) for m in map(SHARD_NAME.match, names) if m), default=0)
+
+
+def leftover_files(folder: Path, kept) -> list[Path]:
+    """What a new index no longer needs, to delete once it is written: shards it does not name (`kept`)
+    and the temporary files of interrupted writes."""
+    if not folder.exists():
+        return []
+    return [f for f in folder.iterdir() if f.is_file() and ((SHARD_NAME.match(f.name) and f.name not in kept)
+                                                            or (f.name.startswith((".shard-", ".index.")) and ".tmp." in f.name))]
+
+
 class _ShardWriter:
     """The index being built by one `encode_split` run, and the shards it writes."""
 
@@ -162,9 +178,7 @@ class _ShardWriter:
         self.folder = folder
         self.shards: dict[str, dict] = {}  # shards the new index names
         self.clips: dict[str, dict] = {}
-        names = [*shards, *(p.name for p in folder.iterdir())] if folder.exists() else list(shards)
-        # never reuse a number: an old index may still name that shard until the new index replaces it
-        self.next = 1 + max((int(m[1]) for m in map(_SHARD.match, names) if m), default=0)
+        self.next = next_shard_number(folder, shards)
 
     def keep(self, name: str, meta: dict, clip_id: str, entry: dict) -> None:
         self.shards[name] = meta
@@ -272,9 +286,6 @@ def encode_split(model, root: str | Path, split: str, codec_name: str, batch_siz
         out.write_index([c.clip_id for c in clips])
 
     # only now, with the new index in place: delete shards it does not name, crash leftovers, the old format
-    for f in folder.iterdir() if folder.exists() else ():
-        m = _SHARD.match(f.name)
-        if f.is_file() and ((m and f.name not in out.shards) or f.suffix == ".pt"
-                            or (f.name.startswith((".shard-", ".index.")) and ".tmp." in f.name)):
-            _discard(f)
+    for f in leftover_files(folder, out.shards) + [f for f in folder.glob("*.pt") if f.is_file()]:
+        _discard(f)
     return [items[c.clip_id] for c in clips if c.clip_id in items]
