@@ -139,6 +139,19 @@ def _load_vggish(config: EvalConfig, device: str):
         return None, note
 
 
+def _decodable(clips: list, problems: ProblemLog) -> list:
+    """The clips whose audio decodes; the others are reported by name and left out (FAD embeds every
+    real clip, and one bad file would stop it for every embedder)."""
+    kept = []
+    for clip in clips:
+        try:
+            load_audio(clip.path, 16000)
+            kept.append(clip)
+        except (OSError, ValueError) as e:
+            problems.add(clip.path, str(e))
+    return kept
+
+
 def held_out_melodies(root: str | Path, models: dict, n: int, seed: int = 0,
                       problems: ProblemLog | None = None) -> list | None:
     """Melody models generate "in the style, following this melody": prompt i follows a held-out test
@@ -218,7 +231,7 @@ def evaluate_models(root: str | Path, out_dir: str | Path, models: dict, config:
     gen = generate_set(models, prompts, out / "generated", GenerateConfig(duration=config.duration, seed=config.seed),
                        melodies=melodies)
     files = {name: [r["path"] for r in gen if r["model"] == name] for name in models}  # same prompts, same order
-    real_clips = split_clips(root, "test", problems)
+    real_clips = _decodable(split_clips(root, "test", problems), problems)
     clap_note = None
     if clap is None:
         clap, clap_note = _load_clap(config, device)

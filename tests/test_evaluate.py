@@ -116,3 +116,17 @@ def test_any_number_of_models_and_a_forgetting_token_set(data_copy, run_copy, ti
     assert "**full** is closer to the held-out genre" in report and "**lora** is closer" in report
     assert "Indicative only" in report and "offline fallback" in report
     assert {p.name for p in out.glob("*.png")} == {"ce_per_codebook.png", "fad.png"}
+
+
+def test_an_undecodable_real_clip_is_named_and_fad_uses_the_others(data_copy, run_copy):
+    from jpop_helpers.evaluate import EvalConfig, evaluate_run
+    from jpop_helpers.manifest import split_clips
+
+    clips = split_clips(data_copy, "test")
+    assert len(clips) >= 2
+    clips[0].path.write_bytes(b"not audio")  # e.g. a clip damaged by an interrupted Drive sync
+    cfg = EvalConfig(n_prompts=2, duration=1.0, clap_checkpoint=None, vggish=None, n_boot=20)
+    with pytest.warns(UserWarning, match="FAD is unstable"):
+        summary = evaluate_run(data_copy, run_copy, cfg)
+    assert summary["real_clips"] == len(clips) - 1 and {r["model"] for r in summary["fad"]} == {"base", "finetuned"}
+    assert str(clips[0].path) in (data_copy / "reports" / "evaluate_problems.jsonl").read_text()
