@@ -15,7 +15,7 @@ Same random-init model of the real architecture (MusicGen small 1024x24 / medium
 One table: clips/s, peak memory, model FLOP utilisation (MFU: 6 x matmul weights x tokens + causal
 attention, LoRA 4 x for frozen weights, over the GPU's dense bf16/fp16 peak), ratio ours/baseline.
 Also recorded: which SDPA kernels the step ran (profiler op names), the LoRA packed-projection adapter
-(peft's in_proj_weight ParamWrapper) against adapters on the Linears only, and the measured peaks of
+(lora.LoraDelta on in_proj_weight) against adapters on the Linears only, and the measured peaks of
 full / LoRA runs with and without activation checkpointing beside jpop_helpers.plan's estimate (the
 numbers plan.py's ACT_BYTES / CKPT_BYTES and its medium/large terms are calibrated from).
 
@@ -237,7 +237,7 @@ def main() -> None:
     timed, peak_only = dict(steps=a.steps, warmup=a.warmup), dict(steps=1, warmup=1)  # peak memory needs one step
     plan = [dict(size=small, mode="full", variant="baseline", batch=a.batch, **timed),
             dict(size=small, mode="full", variant="ours", batch=a.batch, profile=True, **timed)]
-    # LoRA: the packed q/k/v adapter (peft's ParamWrapper on in_proj_weight) against adapters on the Linears only
+    # LoRA: the packed q/k/v adapter (lora.LoraDelta on in_proj_weight) against adapters on the Linears only
     plan += [dict(size=small, mode="lora", variant="ours", batch=a.batch, **timed),
              dict(size=small, mode="lora", variant="ours, no in_proj adapter", batch=a.batch, lora_targets=[], **timed)]
     if not a.tiny:
@@ -279,7 +279,6 @@ def main() -> None:
 def summarise(rows: list[dict], device: str, started: float) -> dict:
     """The JSON report: device, date, versions, and the rows with each one's ratio to the baseline."""
     import audiocraft
-    import peft
     import transformers
 
     base = {(r["size"], r["batch"]): r["clips_per_s"] for r in rows if r["variant"] == "baseline" and "clips_per_s" in r}
@@ -289,8 +288,7 @@ def summarise(rows: list[dict], device: str, started: float) -> dict:
     return {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                         "audiocraft": audiocraft.__version__, "transformers": transformers.__version__,
-                         "peft": peft.__version__},
+                         "audiocraft": audiocraft.__version__, "transformers": transformers.__version__},
             "peak_tflops": (peak_flops(device) or 0) / 1e12 or None, "wall_s": round(time.perf_counter() - started, 1),
             "results": rows}
 

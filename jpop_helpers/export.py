@@ -1,8 +1,9 @@
 """Export a run as a folder that audiocraft's `MusicGen.get_pretrained(<folder>)` loads.
 
 Full runs write the fine-tuned LM weights; LoRA runs merge the adapters into the base weights (and
-also save the adapter alone, in peft's format, for base + adapter loading). The LM's configuration and
-the compression model are taken from the base model, so the folder is complete on its own.
+also save the adapter alone, in peft's format, for base + adapter loading: lora.load_adapter). The
+LM's configuration and the compression model are taken from the base model, so the folder is complete
+on its own.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path, write_json
-from .lora import merge_lora, save_adapter
+from .lora import LoraConfig, merge_lora, save_adapter
 from .model import DEMUCS_DIR, checkpoint_files, resolve_model_name
 from .runs import RELEASE_DTYPE, load_run_lm
 
@@ -32,7 +33,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, device: str | None = No
     model, cfg = load_run_lm(run_dir, device or default_device(), merge=False)
     lm = model.lm
     if cfg["mode"] == "lora":
-        save_adapter(lm, out_dir / "adapter")
+        save_adapter(lm, LoraConfig(**cfg["lora"]), out_dir / "adapter", base_model=cfg["model"])
         lm = merge_lora(lm)
     base_lm, base_codec = checkpoint_files(cfg["model"])
     # Only the base's configuration is needed: memory-mapped, its weights are never read into RAM

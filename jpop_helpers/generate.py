@@ -157,7 +157,7 @@ def make_clips(model, prompts: list[str], seeds: list[int], config: GenerateConf
     """Audio for a batch of prompts (one forward batch), each from its own seed.
 
     Args:
-        model: audiocraft MusicGen (its .lm may be a peft model with adapters).
+        model: audiocraft MusicGen (its .lm may carry LoRA adapters: lora.add_lora).
         melodies: None, or per prompt None / (wav [C, T], sample_rate, name).
     Returns:
         [B, C, T] float audio at model.sample_rate.

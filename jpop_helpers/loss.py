@@ -1,10 +1,12 @@
 """The one loss: audiocraft's per-codebook masked cross-entropy, shared by training and evaluation."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from .batches import collate
 from .melody import solver_melody
@@ -42,6 +44,14 @@ def codebook_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return ce, q_sum.detach().double(), n_tokens.long()
 
 
+def _packed_weights_once(lm):
+    """A LoRA-adapted packed weight (lora.LoraDelta) computed once per forward, not once per read: a
+    cross-attention reads q, k and v apart, and each read would keep its own W + delta for backward.
+    Not under activation checkpointing: its recomputation runs outside this context and must save the
+    same tensors as the forward did (and only one layer's copies are alive at a time there anyway)."""
+    return parametrize.cached() if lm.transformer.checkpointing == "none" else contextlib.nullcontext()
+
+
 class LMLoss(torch.nn.Module):
     """Condition, predict and score one batch, as a module, so DistributedDataParallel can wrap it
     (the LM is otherwise driven through condition_provider / compute_predictions, which DDP would not see)."""
@@ -55,7 +65,8 @@ class LMLoss(torch.nn.Module):
         Returns codebook_ce's (ce, ce_sum [K], n_tokens [K])."""
         with solver_melody(self.lm, attrs):  # melody models: each clip's cached chroma, as the solver
             cond = self.lm.condition_provider(self.lm.condition_provider.tokenize(attrs))
-        out = self.lm.compute_predictions(codes, [], cond)
+        with _packed_weights_once(self.lm):
+            out = self.lm.compute_predictions(codes, [], cond)
         return codebook_ce(out.logits, codes, valid & out.mask)
 
 

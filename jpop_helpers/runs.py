@@ -77,8 +77,8 @@ def load_run_lm(run_dir: str | Path, device: str = "cpu", merge: bool = True):
     they stay in half precision, as audiocraft loads the base; on a CPU they are computed in fp32.
 
     Args:
-        merge: LoRA runs only: merge the adapters into the base weights (else the LM stays a peft
-            model, unrounded: the export merges and rounds it itself).
+        merge: LoRA runs only: merge the adapters into the base weights (else the LM keeps its
+            adapters, unrounded: the export merges and rounds it itself).
     Returns:
         (MusicGen, the run's config dict)
     Raises:
@@ -97,8 +97,8 @@ def load_run_lm(run_dir: str | Path, device: str = "cpu", merge: bool = True):
     model = load_musicgen(cfg["model"], device)
     lm = model.lm.float()
     if cfg["mode"] == "lora":
-        lm = add_lora(lm, LoraConfig(**cfg["lora"]), base_model=cfg["model"])
-        load_adapter_state(lm, weights)
+        lm = add_lora(lm, LoraConfig(**cfg["lora"]))
+        load_adapter_state(lm, weights, source=str(path))
         if merge:
             lm = merge_lora(lm)
     else:

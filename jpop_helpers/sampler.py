@@ -11,7 +11,7 @@ one sampling call per row, and a few hundred small kernel launches. Here:
   read back to the host until the end (no host sync per token);
 - the model's own modules are called (norms, out_proj, feed-forward, embeddings, output heads, so LoRA
   wrappers on them apply); only the packed q/k/v projection `in_proj_weight`, which audiocraft uses
-  through F.linear, is applied here, through peft's adapter modules when it is adapted (see _Attention).
+  through F.linear, is applied here, with its LoRA adapter in low rank when it has one (see _Attention).
 
 Equivalence with audiocraft (tests/test_sampler.py): greedy tokens are identical to `LMModel.generate`,
 the logits for the same prefix and conditions match to float tolerance (CFG and LoRA included), top-k
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .lora import packed_adapter
 from .melody import seeded_python_random
 
 log = logging.getLogger(__name__)
@@ -87,55 +88,48 @@ def sample_tokens(logits: torch.Tensor, noise: torch.Tensor | None, params: Samp
 
 
 def base_lm(lm):
-    """audiocraft's LMModel inside `lm` (itself, or the model a peft wrapper adapts)."""
+    """audiocraft's LMModel `lm` itself (its LoRA adapters, if any, sit inside it).
+
+    Raises:
+        TypeError: `lm` is something else (a DDP wrapper, a peft model: unwrap or merge it first).
+    """
     from audiocraft.models.lm import LMModel
 
-    m = lm
-    for _ in range(4):
-        if isinstance(m, LMModel):
-            return m
-        m = m.get_base_model() if hasattr(m, "get_base_model") else getattr(m, "model", None)
-    raise TypeError(f"{type(lm).__name__} is not an audiocraft LMModel (nor a peft model of one)")
+    if not isinstance(lm, LMModel):
+        raise TypeError(f"{type(lm).__name__} is not an audiocraft LMModel")
+    return lm
 
 
 class _Attention:
-    """An audiocraft StreamingMultiheadAttention seen through any peft wrapper of its `in_proj_weight`.
+    """An audiocraft StreamingMultiheadAttention, with its packed projection's LoRA adapter if it has one.
 
-    peft adapts the packed parameter with `ParamWrapper` (target_parameters): its forward adds the
-    adapter's delta to the weight for the duration of the wrapped module's call. We never call that
-    module (its streaming state is what we replace), so the projection applies the same adapters here:
-    x W^T + b + scaling * lora_B(lora_A(x)), which is x (W + delta)^T + b. A merged or disabled adapter
-    adds nothing. Any other wrapper is refused rather than silently skipped.
+    We never call the module (its streaming state is what we replace), so the projection is applied
+    here: x W^T + b + scaling * (x A^T) B^T, which is x (W + delta)^T + b, in low rank rather than
+    reading the parametrized W + delta (a [3D, D] matmul) at every decode step.
     """
 
     def __init__(self, module):
         from audiocraft.modules.transformer import StreamingMultiheadAttention
 
-        self.adapters = []
-        m = module
-        while not isinstance(m, StreamingMultiheadAttention):
-            if getattr(m, "parameter_name", None) == "in_proj_weight" and hasattr(m, "lora_A"):
-                if not m.merged and not m.disable_adapters:
-                    self.adapters += [(m.lora_A[a], m.lora_B[a], m.scaling[a]) for a in m.active_adapters if a in m.lora_A]
-                m = m.base_layer
-            else:
-                raise TypeError(f"the sampler cannot see through {type(m).__name__} around an attention layer "
-                                "(merge the adapter first: jpop_helpers.lora.merge_lora)")
-        if not m.custom:
+        if not isinstance(module, StreamingMultiheadAttention):
+            raise TypeError(f"the sampler cannot see through {type(module).__name__} around an attention layer")
+        if not module.custom:
             raise NotImplementedError("attention through nn.MultiheadAttention (custom=False, memory_efficient=False)")
-        if m.rope is not None or m.past_context is not None or m.kv_repeat != 1:
+        if module.rope is not None or module.past_context is not None or module.kv_repeat != 1:
             raise NotImplementedError("rotary embeddings, a finite past_context or kv_repeat > 1 (no MusicGen uses them)")
-        self.m = m
-        self.heads = m.num_heads
-        self.dim = m.embed_dim
+        self.m = module
+        self.weight, self.adapter = packed_adapter(module, "in_proj_weight")
+        self.heads = module.num_heads
+        self.dim = module.embed_dim
 
     def project(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
         """Rows [first*D, last*D) of the packed q/k/v projection of x [..., D] (0: q, 1: k, 2: v)."""
         rows = slice(first * self.dim, last * self.dim)
         bias = self.m.in_proj_bias
-        y = F.linear(x, self.m.in_proj_weight[rows], None if bias is None else bias[rows])
-        for lora_a, lora_b, scaling in self.adapters:
-            y = y + (lora_b(lora_a(x.to(lora_a.weight.dtype)))[..., rows] * scaling).to(y.dtype)
+        y = F.linear(x, self.weight[rows], None if bias is None else bias[rows])
+        if self.adapter is not None:
+            a, b = self.adapter.lora_A, self.adapter.lora_B[rows]
+            y = y + (F.linear(F.linear(x.to(a.dtype), a), b) * self.adapter.scaling).to(y.dtype)
         return y
 
     def heads_first(self, x: torch.Tensor) -> torch.Tensor:
@@ -417,7 +411,7 @@ def generate_tokens(lm, attributes: list, seeds: list[int], max_gen_len: int, pa
     """Generate codes for a batch of prompts, each with its own seed.
 
     Args:
-        lm: audiocraft LMModel (full, merged-LoRA, or a peft model with adapters), in eval mode.
+        lm: audiocraft LMModel (full, merged-LoRA, or with LoRA adapters: lora.add_lora), in eval mode.
         attributes: one ConditioningAttributes per prompt, as MusicGen._prepare_tokens_and_attributes
             builds them (text 'description'; 'self_wav' for melody models).
         seeds: one per prompt; a prompt's clip depends on its seed, never on the rest of the batch.

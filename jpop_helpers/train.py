@@ -133,7 +133,7 @@ def setup_trainable(lm: torch.nn.Module, config: TrainConfig, device: str, dtype
     in half) and only the adapters train, in fp32.
 
     Returns:
-        the module to train (the LM, or its peft wrapper) and the list of trainable parameters.
+        the LM to train (with its adapters in lora mode) and the list of trainable parameters.
     """
     if config.mode == "full":
         lm = lm.float()
@@ -141,10 +141,7 @@ def setup_trainable(lm: torch.nn.Module, config: TrainConfig, device: str, dtype
             p.requires_grad = True
     else:
         half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-        lm = add_lora(lm.to(half) if device.startswith("cuda") else lm.float(), config.lora, base_model=config.model)
-        for p in lm.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+        lm = add_lora(lm.to(half) if device.startswith("cuda") else lm.float(), config.lora)  # adapters in fp32
     return lm, [p for p in lm.parameters() if p.requires_grad]
 
 
@@ -205,7 +202,7 @@ def _resume(run: RunLayout, config, lm, optimizer, scheduler, scaler) -> tuple[i
     else:
         weights, state = load_weights(path), load_state(path)
         if config.mode == "lora":
-            load_adapter_state(lm, weights)
+            load_adapter_state(lm, weights, source=str(path))
         else:
             lm.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])  # copies its tensors to the parameters' device

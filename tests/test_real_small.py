@@ -175,16 +175,15 @@ def test_cross_entropy_at_step0_is_that_of_random_logits(base_ce):
 # ---------------------------------------------------------------- train, export, load the export
 def lora_sites(lm) -> dict[str, int]:
     """{adapted site (module path, '.in_proj_weight' for packed attention): its LoRA parameter count}."""
-    from peft.tuners.lora import LoraLayer
+    from jpop_helpers.lora import LoraDelta, LoraLinear
 
     sites = {}
     for name, module in lm.named_modules():
-        if isinstance(module, LoraLayer):
-            n = sum(p.numel() for pn, p in module.named_parameters() if "lora_" in pn and "base_layer" not in pn)
-            key = name.replace(".base_layer", "")
-            if type(module).__name__ == "ParamWrapper":
-                key += "." + module.parameter_name
-            sites[key] = n
+        if isinstance(module, LoraLinear):
+            sites[name] = module.lora_A.weight.numel() + module.lora_B.weight.numel()
+        elif isinstance(module, LoraDelta):  # <attention>.parametrizations.in_proj_weight.0
+            owner, _, rest = name.partition(".parametrizations.")
+            sites[f"{owner}.{rest.split('.')[0]}"] = module.lora_A.numel() + module.lora_B.numel()
     return sites
 
 

@@ -83,13 +83,13 @@ def with_lora(lm, merge=False):
     from jpop_helpers.lora import LoraConfig, add_lora, merge_lora
 
     torch.manual_seed(1)
-    peft_lm = add_lora(copy.deepcopy(lm), LoraConfig(rank=4))
-    with torch.no_grad():  # peft starts lora_B at zero (no change): make the adapter change the model
-        for name, p in peft_lm.named_parameters():
+    adapted = add_lora(copy.deepcopy(lm), LoraConfig(rank=4))
+    with torch.no_grad():  # lora_B starts at zero (no change): make the adapter change the model
+        for name, p in adapted.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    peft_lm.eval()
-    return merge_lora(peft_lm).eval() if merge else peft_lm
+    adapted.eval()
+    return merge_lora(adapted).eval() if merge else adapted
 
 
 def released(name="tiny"):

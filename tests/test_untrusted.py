@@ -45,16 +45,19 @@ def test_a_model_folder_with_pickled_code_is_refused(tmp_path, exploit):
 
 
 def test_a_planted_adapter_pickle_is_not_loaded(tmp_path, exploit):
-    from peft import PeftModel
-
-    from jpop_helpers.lora import LoraConfig, add_lora, save_adapter
+    from jpop_helpers.lora import LoraConfig, add_lora, load_adapter, save_adapter
     from jpop_helpers.model import load_musicgen
 
-    folder = save_adapter(add_lora(load_musicgen("tiny", "cpu").lm, LoraConfig(rank=2)), tmp_path / "adapter")
+    folder = save_adapter(add_lora(load_musicgen("tiny", "cpu").lm, LoraConfig(rank=2)), LoraConfig(rank=2),
+                          tmp_path / "adapter")
     (folder / "adapter_model.safetensors").unlink()
     torch.save({"x": exploit}, folder / "adapter_model.bin")  # the pickle format peft also knows
-    with pytest.raises(Exception):
-        PeftModel.from_pretrained(load_musicgen("tiny", "cpu").lm, str(folder))
+    with pytest.raises(ValueError, match="adapter_model.safetensors: unreadable"):
+        load_adapter(load_musicgen("tiny", "cpu").lm, folder)
+    with open(folder / "adapter_model.safetensors", "wb") as f:  # a pickle under the safetensors name
+        pickle.dump({"x": exploit}, f)
+    with pytest.raises(ValueError, match="adapter_model.safetensors: unreadable"):
+        load_adapter(load_musicgen("tiny", "cpu").lm, folder)
 
 
 def test_a_run_folder_with_planted_pickles_loads_nothing_from_them(tmp_path, exploit, tiny_run):
