@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_path, read_json
+from .quiet import quiet_essentia
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +92,15 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("JPOP_MODELS_DIR", Path.home() / ".cache" / "jpop-musicgen" / "essentia"))
 
 
-def _quiet_essentia():
-    import essentia
-
-    essentia.log.infoActive = False
-    essentia.log.warningActive = False
-
-
 def dsp_labels(audio: np.ndarray, sample_rate: int, config: LabelConfig | None = None) -> ClipLabels:
     """Key and tempo of one clip with essentia's DSP algorithms.
 
     Args:
         audio: float32 mono [T] at `sample_rate`.
     """
+    quiet_essentia()  # before essentia.standard's first import, which logs
     import essentia.standard as es
 
-    _quiet_essentia()
     config = config or LabelConfig()
     x = np.ascontiguousarray(audio, dtype=np.float32)
     if sample_rate != 44100:  # RhythmExtractor2013 is defined at 44.1 kHz
@@ -152,9 +146,9 @@ class EssentiaTagger:
     """Genre, mood/theme and instrument tagger built on essentia-tensorflow graphs."""
 
     def __init__(self, config: LabelConfig | None = None):
+        quiet_essentia()
         import essentia.standard as es
 
-        _quiet_essentia()
         self.config = config or LabelConfig()
         models_dir = Path(self.config.models_dir) if self.config.models_dir else default_models_dir()
         emb_path = ensure_model(EMBEDDING, models_dir, self.config.download_models, with_json=False)

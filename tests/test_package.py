@@ -8,7 +8,7 @@ PACKAGE = REPO / "jpop_helpers"
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"io", "layout", "colab", "cliargs", "install", "listen", "precision", "optim", "distributed", "chunking", "lora",
-     "codec_fit"},
+     "codec_fit", "quiet"},
     {"problems", "checkpoint", "captions", "labeling", "split", "fad", "clap", "model", "separate", "sampler",
      "melody"},
     {"manifest", "download"},
