@@ -30,7 +30,8 @@ def install(repo_dir: str | os.PathLike = ".", dev: bool = False, *, script: str
         repo_dir: the checkout (the script runs with it as working directory).
         dev: also install requirements-dev.txt (tests, offline demo): DEV=1 for the script.
         script: the script to run; default `<repo_dir>/scripts/install.sh`.
-        python: the interpreter to install into (PYTHON for the script); default this kernel's.
+        python: the interpreter to install into (PYTHON for the script, with INTO=current: from the
+            ranges of requirements*.txt, as in Colab); default this kernel's.
     Raises:
         FileNotFoundError: no such script.
         RuntimeError: the script exited non-zero; the message names the step that failed (the last
@@ -40,7 +41,8 @@ def install(repo_dir: str | os.PathLike = ".", dev: bool = False, *, script: str
     script = Path(script) if script is not None else repo_dir / "scripts" / "install.sh"
     if not script.is_file():
         raise FileNotFoundError(f"install script not found: {script}")
-    env = dict(os.environ, PYTHON=python or sys.executable, PYTHONUNBUFFERED="1")
+    # INTO=current: into the kernel's own environment (a venv beside it would not reach the notebook)
+    env = dict(os.environ, PYTHON=python or sys.executable, PYTHONUNBUFFERED="1", INTO="current")
     env["DEV"] = "1" if dev else ""
     step = "start (before the first step)"
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

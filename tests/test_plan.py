@@ -15,7 +15,7 @@ def test_the_estimate_reproduces_the_measured_peaks_it_is_calibrated_on(batch, m
 
 def test_parameter_counts_match_the_real_models():
     small = PUBLISHED["small"]
-    assert small.lora_params(16) == 8_650_752  # what peft adapts on the real small (144 sites)
+    assert small.lora_params(16) == 8_650_752  # the adapters on the real small (144 sites)
     assert small.lm_params == pytest.approx(420.9e6, rel=0.005)  # counted on the meta device (bench/)
     assert PUBLISHED["large"].lm_params == pytest.approx(3260.1e6, rel=0.005)
 
