@@ -176,25 +176,32 @@ def run_size(size: str, device: str, batches: list[int], seconds: float, baselin
         variants.append(("transformers", transformers_, baseline_seconds))
 
     for name, make, secs in variants:
-        make(1, warmup_seconds)()  # first-call costs (kernels, cuBLAS handles) out of the timing
-        for b in batches:
-            dt, peak = timed(make(b, secs), device)
-            rows.append({"size": size, "variant": name, "batch": b, "audio_seconds": secs,
-                         "steps": int(secs * rate) + 3, "wall_s": round(dt, 3),
-                         "audio_s_per_s": round(b * secs / dt, 3), "ms_per_step": round(1000 * dt / (int(secs * rate) + 3), 3),
-                         "peak_gib": None if peak is None else round(peak, 2)})
-            if name == "ours":  # fp16 weights + on average half of the key/value cache [2b rows, 2 x layers]
+        try:
+            make(1, warmup_seconds)()  # first-call costs (kernels, cuBLAS handles) out of the timing
+            for b in batches:
+                dt, peak = timed(make(b, secs), device)
                 steps = int(secs * rate) + 3
-                rows[-1]["bytes_per_step"] = weight_bytes + 2 * 2 * len(lm.transformer.layers) * 2 * b * (steps / 2) * lm.dim
+                rows.append({"size": size, "variant": name, "batch": b, "audio_seconds": secs, "steps": steps,
+                             "wall_s": round(dt, 3), "audio_s_per_s": round(b * secs / dt, 3),
+                             "ms_per_step": round(1000 * dt / steps, 3), "peak_gib": None if peak is None else round(peak, 2)})
+                if name == "ours":  # fp16 weights + on average half of the key/value cache [2b rows, 2 x layers]
+                    rows[-1]["bytes_per_step"] = weight_bytes + 2 * 2 * len(lm.transformer.layers) * 2 * b * (steps / 2) * lm.dim
+        except Exception as e:  # a failing variant (an OOM, the CUDA graph) is a result too; the others still run
+            done = {r["batch"] for r in rows if r["variant"] == name}
+            rows += [{"size": size, "variant": name, "batch": b, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                     for b in batches if b not in done]
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
     return rows
 
 
 def add_ratios_and_t4(rows: list[dict], device_gbps: float) -> None:
     for r in rows:
-        if r["variant"] != "ours":
+        if r["variant"] != "ours" or "error" in r:
             continue
         for base in ("audiocraft", "transformers"):
-            b = [x for x in rows if x["variant"] == base and x["size"] == r["size"] and x["batch"] == r["batch"]]
+            b = [x for x in rows if x["variant"] == base and x["size"] == r["size"] and x["batch"] == r["batch"]
+                 and "error" not in x]
             if b:
                 r[f"x_vs_{base}"] = round(r["audio_s_per_s"] / b[0]["audio_s_per_s"], 2)
         step = r["ms_per_step"] / 1000
@@ -228,26 +235,26 @@ def main(argv=None) -> dict:
     sizes = ["tiny"] if a.tiny else a.sizes
     baseline_seconds = a.baseline_seconds or (min(2.0, a.seconds) if a.device.startswith("cuda") else a.seconds)
     gbps = copy_gbps(a.device)
-    rows = []
-    for size in sizes:
-        rows += run_size(size, a.device, a.batches, a.seconds, baseline_seconds, not a.no_transformers, a.warmup_seconds)
-        if a.device.startswith("cuda"):  # this size's models are gone: give their memory back
-            torch.cuda.empty_cache()
-    add_ratios_and_t4(rows, gbps)
     import transformers
 
     import audiocraft
 
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else (platform.processor() or platform.machine())
-    report = {"device": device_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "versions": {"torch": torch.__version__, "audiocraft": audiocraft.__version__,
-                           "transformers": transformers.__version__, "python": platform.python_version()},
-              "threads": torch.get_num_threads(), "copy_gbps": round(gbps, 1), "results": rows}
     print(f"{device_name}, copy bandwidth {gbps:.0f} GB/s, torch {torch.__version__}")
+    rows = []
+    for size in sizes:
+        rows += run_size(size, a.device, a.batches, a.seconds, baseline_seconds, not a.no_transformers, a.warmup_seconds)
+        if a.device.startswith("cuda"):  # this size's models are gone: give their memory back
+            torch.cuda.empty_cache()
+        add_ratios_and_t4(rows, gbps)
+        report = {"device": device_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "versions": {"torch": torch.__version__, "audiocraft": audiocraft.__version__,
+                               "transformers": transformers.__version__, "python": platform.python_version()},
+                  "threads": torch.get_num_threads(), "copy_gbps": round(gbps, 1), "results": rows}
+        if a.out:  # after every size: a run cut short by its time limit keeps the sizes done
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -25,20 +25,4 @@ def test_train_bench_smoke_on_cpu(tmp_path, monkeypatch):
     assert ours["speedup_vs_baseline"] == pytest.approx(ours["clips_per_s"] / base["clips_per_s"], abs=0.006)
 
 
-def test_train_speed_bench_smoke_on_cpu(tmp_path, monkeypatch):
-    out = tmp_path / "speed.json"
-    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "1",
-                                      "--seconds", "2", "--batch", "2", "--out", str(out)])
-    runpy.run_path(str(REPO / "bench" / "train_speed.py"), run_name="__main__")
-    report = json.loads(out.read_text())
-    assert {"device", "date", "versions", "results"} <= set(report) and report["versions"]["torch"]
-    rows = {(r["mode"], r["variant"]): r for r in report["results"]}
-    assert set(rows) == {("full", "baseline"), ("full", "ours"), ("lora", "ours"), ("lora", "ours, no in_proj adapter")}
-    assert all(r["clips_per_s"] > 0 and "error" not in r for r in rows.values())
-    # the baseline encodes every step (warm-up included), ours never
-    assert rows["full", "baseline"]["encodes"] == 2 and rows["full", "ours"]["encodes"] == 0
-    # our step runs attention through PyTorch's fused SDPA kernel (on CPU its flash kernel), not the math one
-    ops = rows["full", "ours"]["sdpa_ops"]
-    assert any("_scaled_dot_product_flash_attention" in k for k in ops) and not any("math" in k for k in ops)
-    ours, base = rows["full", "ours"], rows["full", "baseline"]
-    assert ours["ours_vs_baseline"] == pytest.approx(ours["clips_per_s"] / base["clips_per_s"], abs=0.006)
+# bench/train_speed.py runs in tests/test_gpu_rehearsal.py, inside the rehearsal of bench/gpu_all.sh
