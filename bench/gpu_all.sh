@@ -71,8 +71,8 @@ steps() {
     step 60 "separation" python3 bench/separate_speed.py "${separate[@]}" --out "$RESULTS/separate_speed_gpu.json"
     # the GPU-marked tests (flash kernel used, resume without a second GPU copy). Only their file: collecting
     # every test module would import what the image lacks (yt-dlp, essentia...) and stop pytest. No plugins:
-    # the image's (xdist, cov...) are not needed. The resume test's fixture (tiny_tokens) renders the demo
-    # corpus, which needs fluidsynth, music21, yt-dlp and essentia: there it errors in set-up, by name.
+    # the image's (xdist, cov...) are not needed. Both tests build their data themselves (random tokens and
+    # models: the image cannot render the demo corpus, which needs fluidsynth, music21, yt-dlp and essentia).
     step 40 "GPU tests" env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -m gpu -p no:cacheprovider \
         tests/test_train.py
 }

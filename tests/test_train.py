@@ -145,9 +145,19 @@ def test_8bit_adamw_trains_and_keeps_8bit_state(tiny_tokens, tmp_path):
     assert moments and all(v.dtype == torch.uint8 for v in moments)  # 1 byte per moment, not 4
 
 
+def synthetic_tokens(n: int = 8, frames: int = 250, seed: int = 0) -> list:
+    """Token clips of the tiny model's shape (4 codebooks of 400 codes), random: for tests that need
+    a training step, not music (the lent GPU image cannot render the demo corpus)."""
+    from jpop_helpers.tokens import TokenItem
+
+    g = torch.Generator().manual_seed(seed)
+    return [TokenItem(f"synthetic-{i}", torch.randint(400, (4, frames), generator=g, dtype=torch.int16), frames,
+                      [f"synthetic clip {i}"]) for i in range(n)]
+
+
 @pytest.mark.gpu
-def test_resume_keeps_no_second_copy_of_the_checkpoint_on_the_gpu(tiny_tokens, tmp_path):
-    train_items, _ = tiny_tokens
+def test_resume_keeps_no_second_copy_of_the_checkpoint_on_the_gpu(tmp_path):
+    train_items = synthetic_tokens()
     cfg = tiny_config("full", steps=4, save_every=2)
     train(cfg, tmp_path / "r", train_items, [], device="cuda", stop_after=2)
     torch.cuda.empty_cache()
