@@ -126,10 +126,13 @@ def render_piece(piece: DemoPiece, out_path: Path, soundfont: Path | None = None
         # stdin closed: fluidsynth was seen to spin forever when it inherited a pipe as stdin.
         subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.9", "-F", str(wav), "-r", str(rate), str(soundfont),
                         str(mid)], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+        # bitexact: no random Ogg stream serial and no encoder version tag, so a piece renders to the same
+        # bytes in any folder; the download stage names local files by their bytes, hence the song ids
+        # (and the seeded split) do not depend on where the demo runs.
         with atomic_path(out_path) as out:
             subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-t", f"{seconds:.2f}",
-                            "-ac", "2", "-ar", str(rate), *codec, str(out)], check=True, capture_output=True,
-                           stdin=subprocess.DEVNULL)
+                            "-ac", "2", "-ar", str(rate), *codec, "-fflags", "+bitexact", "-flags:a", "+bitexact",
+                            str(out)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
     return out_path
 
 

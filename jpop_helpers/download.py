@@ -2,10 +2,12 @@
 
 A source is anything yt-dlp accepts (a playlist or video URL, `ytsearchN:query`), a `file://` URL, or
 a local file or folder of audio (e.g. your own CD rips; relative paths are read from the manifest's
-folder). Re-runs skip what is done: yt-dlp's download archive for online sources, the info JSON
-files for local ones. A failing source or track is recorded in reports/download_problems.jsonl and the
-others continue; when YouTube wants a signed-in browser (its bot check), the record says how to give
-yt-dlp a cookies file.
+folder). A track's file name (hence its song id in stage 02) ends in a hash of its identity: the
+extractor, id and URL for online tracks, the SHA-256 of the bytes for local files, so the same local
+file is one song whatever folder it is offered from. Re-runs skip what is done: yt-dlp's download
+archive for online sources, the info JSON files (by URL or by content) for local ones. A failing
+source or track is recorded in reports/download_problems.jsonl and the others continue; when YouTube
+wants a signed-in browser (its bot check), the record says how to give yt-dlp a cookies file.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .colab import progress
-from .io import AUDIO_EXTENSIONS, read_json, safe_name, slugify, write_json
+from .io import AUDIO_EXTENSIONS, file_sha256, read_json, safe_name, slugify, write_json
 from .layout import DataLayout
 from .problems import ProblemLog
 
@@ -107,6 +109,11 @@ def _looks_local(src: str) -> bool:
     return "://" not in src and not src.startswith(("ytsearch", "ytdl:", "scsearch"))
 
 
+def _url_path(url: str) -> Path:
+    """file:///a/b%20c.mp3 -> Path('/a/b c.mp3')."""
+    return Path(urllib.parse.unquote(url[7:]))
+
+
 def _expand_local(src: str, limit: int | None) -> list[str]:
     """A local file or folder -> sorted file:// URLs of its audio files.
 
@@ -114,7 +121,7 @@ def _expand_local(src: str, limit: int | None) -> list[str]:
         FileNotFoundError: no such file or folder.
         ValueError: a file that is not audio by its name (e.g. file:///etc/passwd).
     """
-    p = Path(urllib.parse.unquote(src[7:])) if src.startswith("file://") else Path(src).expanduser()
+    p = _url_path(src) if src.startswith("file://") else Path(src).expanduser()
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
     elif p.exists():
@@ -132,7 +139,7 @@ def _non_finite_samples(url: str) -> str | None:
     import numpy as np
     import soundfile as sf
 
-    path = Path(urllib.parse.unquote(url[7:]))
+    path = _url_path(url)
     try:
         info = sf.info(str(path))
     except Exception:
@@ -146,15 +153,78 @@ def _non_finite_samples(url: str) -> str | None:
     return None
 
 
-def _track_meta_done(layout: DataLayout) -> set[str]:
-    """Original URLs of every track already in raw/ (for local sources, which have no archive)."""
-    done = set()
-    for info in layout.raw.glob("*/*.info.json"):
-        try:
-            done.add(read_json(info).get("url", ""))
-        except Exception:
+@dataclass
+class _LocalDone:
+    """The local files raw/ already holds (local sources have no archive): by URL and by content.
+
+    Tracks written before local files were named by content have a URL but no `sha256` in their info
+    JSON: the source files they came from are hashed the first time a file that no URL matches is
+    offered, so the same audio from a moved folder is recognised there too, and never re-fetched."""
+
+    urls: set[str] = field(default_factory=set)
+    digests: set[str] = field(default_factory=set)
+    unhashed: list[Path] = field(default_factory=list)  # sources of tracks without a recorded digest
+
+    @classmethod
+    def read(cls, layout: DataLayout) -> "_LocalDone":
+        done = cls()
+        for path in layout.raw.glob("*/*.info.json"):
+            try:
+                info = read_json(path)
+            except Exception:
+                continue
+            url = info.get("url") or ""
+            done.urls.add(url)
+            if info.get("sha256"):
+                done.digests.add(info["sha256"])
+            elif url.startswith("file://") and _url_path(url).is_file():
+                done.unhashed.append(_url_path(url))
+        return done
+
+    def holds(self, digest: str) -> bool:
+        """Whether raw/ holds a local file with these bytes (SHA-256 hex)."""
+        for path in self.unhashed:
+            try:
+                self.digests.add(file_sha256(path))
+            except OSError:  # gone or unreadable since: it cannot match anything offered
+                continue
+        self.unhashed = []
+        return digest in self.digests
+
+
+def _plan_local(source: Source, done: _LocalDone, problems: ProblemLog) -> tuple[list[str], dict[str, str], int]:
+    """What to fetch of a local source: a file raw/ holds (by URL, or the same bytes from anywhere: one
+    song, one id) is skipped, and so is one with NaN samples (reported).
+
+    Returns:
+        (file:// URLs to fetch, URL -> SHA-256 of its bytes, how many files raw/ already holds).
+    Raises:
+        FileNotFoundError, ValueError: the source names no audio (see `_expand_local`).
+    """
+    urls = _expand_local(source.source, source.limit)
+    if not urls:
+        raise ValueError("no audio files found")
+    todo, digests, held = [], {}, 0
+    for url in urls:
+        if url in done.urls:  # checked first: a re-run over unchanged folders reads no file
+            held += 1
             continue
-    return done
+        try:
+            digest = file_sha256(_url_path(url))
+        except OSError as e:  # this file's fault (unreadable), not the machine's: the others go on
+            problems.add(_url_path(url), f"cannot read the file: {e.strerror or e}")
+            continue
+        if done.holds(digest) or digest in digests.values():
+            log.info("%s: the same audio is already in raw/ (or listed before it): one song, skipped", _url_path(url))
+            held += 1
+            continue
+        why = _non_finite_samples(url)
+        if why:
+            problems.add(urllib.parse.unquote(url), why)
+            continue
+        todo.append(url)
+        digests[url] = digest
+    return todo, digests, held
 
 
 # Words in yt-dlp's errors when a site wants a signed-in browser: YouTube's "Sign in to confirm you're
@@ -229,14 +299,16 @@ def _declared_seconds(url: str) -> float | None:
 
 
 def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, config: DownloadConfig,
-                   declared: dict[str, float | None] | None = None):
+                   declared: dict[str, float | None] | None = None, digests: dict[str, str] | None = None):
     """A yt-dlp post-processor that runs after ffmpeg: moves the wav into raw/<artist>/ under a safe
     name and writes its info JSON. It runs before yt-dlp records the download archive, so a crash
     here means the track is fetched again next time, never silently lost.
 
     Args:
         declared: url -> the duration its header declares (local files): a track decoded much
-            shorter (a truncated or damaged file) is kept and reported with what was kept."""
+            shorter (a truncated or damaged file) is kept and reported with what was kept.
+        digests: url -> SHA-256 of the file's bytes (local files): the name's hash is taken from it,
+            not from the path, so the song id does not depend on the folder the file came from."""
     import soundfile as sf
     from yt_dlp.postprocessor import PostProcessor
     from yt_dlp.utils import PostProcessingError
@@ -253,13 +325,16 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
                 tmp.unlink(missing_ok=True)
                 raise PostProcessingError(f"{info.get('title') or tmp.name}: not decodable audio "
                                           f"(ffmpeg could not convert it to {config.audio_format})")
-            key = f"{info.get('extractor_key', '')}:{info.get('id', '')}:{info.get('original_url') or info.get('webpage_url', '')}"
+            url = info.get("original_url") or info.get("webpage_url") or ""
+            digest = (digests or {}).get(url)
+            # online tracks: the key their names were always hashed from, so existing roots keep their ids
+            key = f"sha256:{digest}" if digest else f"{info.get('extractor_key', '')}:{info.get('id', '')}:{url}"
             title = info.get("track") or info.get("title") or tmp.stem
             artist_dir = layout.raw / slugify(source.artist, fallback="artist")
             dest = artist_dir / f"{safe_name(title, key)}{tmp.suffix}"
             artist_dir.mkdir(parents=True, exist_ok=True)
             try:
-                self._keep(tmp, dest, info, title)
+                self._keep(tmp, dest, info, title, digest)
             except OSError:
                 # e.g. the disk filled: leave no audio without its info JSON (prepare would take it in)
                 dest.unlink(missing_ok=True)
@@ -267,7 +342,7 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
                 raise
             return [], {**info, "filepath": str(dest)}
 
-        def _keep(self, tmp: Path, dest: Path, info: dict, title: str) -> None:
+        def _keep(self, tmp: Path, dest: Path, info: dict, title: str, digest: str | None) -> None:
             shutil.move(str(tmp), dest)
             meta = {
                 "title": title,
@@ -280,6 +355,7 @@ def _make_finisher(layout: DataLayout, source: Source, result: DownloadResult, c
                 "url": info.get("original_url") or info.get("webpage_url"),
                 "source": source.source,
                 "genre": source.genre or None,
+                "sha256": digest,  # of the local file's bytes (None online): what later runs match it by
                 "duration": float(sf.info(str(dest)).duration),
                 "downloaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
@@ -313,7 +389,7 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
     problems = ProblemLog.for_stage(root, "download")
     result = DownloadResult(problems=problems)
     logger = _ProblemLogger(problems, cookies)
-    done_local = _track_meta_done(layout)
+    done_local = _LocalDone.read(layout)
 
     base_opts = {
         "format": "bestaudio/best",
@@ -339,28 +415,25 @@ def download(sources: list[Source], root: str | Path, config: DownloadConfig | N
             if _looks_local(source.source) or source.source.startswith("file://"):
                 if not config.allow_local:
                     raise ValueError("local sources are disabled (DownloadConfig.allow_local)")
-                urls = _expand_local(source.source, source.limit)
-                if not urls:
-                    raise ValueError("no audio files found")
-                todo = [u for u in urls if u not in done_local]
-                result.skipped += len(urls) - len(todo)
-                for url, why in [(u, _non_finite_samples(u)) for u in todo]:
-                    if why:
-                        problems.add(urllib.parse.unquote(url), why)
-                        todo.remove(url)
+                todo, digests, held = _plan_local(source, done_local, problems)
+                result.skipped += held
                 declared = {u: _declared_seconds(u) for u in todo}
                 opts = base_opts
             else:
-                todo, declared = [source.source], {}
+                todo, declared, digests = [source.source], {}, {}
                 opts = {**base_opts, "download_archive": str(layout.download_archive)}
                 if source.limit:
                     opts["playlistend"] = source.limit
             with yt_dlp.YoutubeDL(opts) as ydl:
-                ydl.add_post_processor(_make_finisher(layout, source, result, config, declared), when="after_move")
+                ydl.add_post_processor(_make_finisher(layout, source, result, config, declared, digests),
+                                       when="after_move")
                 for url in progress(todo, desc=source.artist, unit="track", leave=False):
                     logger.source = urllib.parse.unquote(url) if url.startswith("file://") else url
                     n_before, errors_before = len(result.downloaded), logger.errors
                     info = ydl.extract_info(url, download=True)
+                    if url in digests and len(result.downloaded) > n_before:  # a later source offering it skips it
+                        done_local.urls.add(url)
+                        done_local.digests.add(digests[url])
                     if (info is not None and "entries" not in info and len(result.downloaded) == n_before
                             and logger.errors == errors_before):
                         result.skipped += 1  # already in the archive

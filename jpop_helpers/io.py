@@ -144,6 +144,19 @@ def short_hash(text: str, n: int = 8) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks (any size, little memory).
+
+    Raises:
+        OSError: the file cannot be read (the message names it).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def safe_name(text: str, key: str | None = None, max_len: int = 60) -> str:
     """`slugify(text)` plus a hash of `key` (default: the text) so distinct titles never collide."""
     return f"{slugify(text, max_len, fallback='track')}-{short_hash(key if key is not None else text)}"

@@ -130,9 +130,8 @@ def test_prepare_cli_on_demo_data(demo_root, tmp_path, capsys):
 def test_download_cli_reports_and_exits_zero_when_some_sources_work(tmp_path, capsys):
     from conftest import ffmpeg_tone
 
-    ffmpeg_tone(tmp_path / "album" / "a.mp3", 2)
-    ffmpeg_tone(tmp_path / "album" / "b.mp3", 2)
-    ffmpeg_tone(tmp_path / "album" / "c.mp3", 2)
+    for name, freq in (("a", 330), ("b", 440), ("c", 550)):  # three recordings (equal files are one song)
+        ffmpeg_tone(tmp_path / "album" / f"{name}.mp3", 2, freq)
     csv = tmp_path / "s.csv"
     csv.write_text("artist,source,limit\nMe,album,2\nGone,nowhere,\n")
     assert main(["download", "--manifest", str(csv), "--root", str(tmp_path / "root")]) == 0

@@ -2,7 +2,9 @@ import functools
 import http.server
 import json
 import shutil
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -230,3 +232,90 @@ def test_a_full_disk_fails_the_stage_leaves_no_orphan_and_a_rerun_finishes(tmp_p
     monkeypatch.setattr(D, "write_json", real_write)
     again = download(read_sources(tmp_path / "s.csv"), tmp_path / "root")
     assert (len(again.downloaded), again.skipped) == (2, 1) and len(list(raw.rglob("*.wav"))) == 3
+
+
+def _serve(folder):
+    """An HTTP server for `folder` on a free local port (a stand-in for an online source)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _song_ids(root):
+    from jpop_helpers.layout import DataLayout
+    from jpop_helpers.prepare import find_songs
+
+    return sorted(s.song_id for s in find_songs(DataLayout(root)))
+
+
+def test_the_same_local_file_from_two_folders_is_one_song_with_one_id(tmp_path):
+    """A local file is named by its bytes, not its path: offered from two folders it is one song, and
+    two roots fed from different folders give it the same id (the split hashes ids)."""
+    from jpop_helpers.io import file_sha256
+
+    tone = ffmpeg_tone(tmp_path / "one" / "tone.mp3", 2, 440)
+    (tmp_path / "elsewhere" / "two").mkdir(parents=True)
+    shutil.copy(tone, tmp_path / "elsewhere" / "two" / "tone.mp3")
+    ffmpeg_tone(tmp_path / "one" / "other.mp3", 2, 550)
+    (tmp_path / "both.csv").write_text("artist,source\nMe,one\nMe,elsewhere/two\n")
+    result = download(read_sources(tmp_path / "both.csv"), tmp_path / "root")
+    assert (len(result.downloaded), result.skipped) == (2, 1)
+    assert len(list((tmp_path / "root" / "raw").glob("*/*.wav"))) == 2
+    info = json.loads(next((tmp_path / "root" / "raw").glob("*/tone-*.info.json")).read_text())
+    assert info["sha256"] == file_sha256(tone)
+
+    (tmp_path / "two.csv").write_text("artist,source\nMe,elsewhere/two\n")
+    download(read_sources(tmp_path / "two.csv"), tmp_path / "root2")
+    [tone_id] = _song_ids(tmp_path / "root2")
+    assert tone_id in _song_ids(tmp_path / "root")
+
+
+def _legacy_track(raw, artist, url, title):
+    """A track as the download stage wrote it before local files were named by content: the name's hash
+    is that of 'extractor:id:url', and the info JSON has no sha256."""
+    from jpop_helpers.io import safe_name, write_json
+
+    src = url.removeprefix("file://")
+    dest = raw / artist / f"{safe_name(title, f'Generic:{title}:{url}')}.wav"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", src, str(dest)], check=True)
+    write_json(dest.with_suffix(".info.json"), {"title": title, "artist": artist, "id": title, "extractor": "Generic",
+                                                "url": url, "source": str(Path(src).parent), "duration": 2.0})
+
+
+def test_a_root_written_before_content_names_keeps_its_ids_and_fetches_nothing_again(tmp_path):
+    """Existing roots: their local tracks keep their names (song ids), online ones their archive and
+    names; a re-run fetches nothing, nor does the same folder moved elsewhere; a new file is added."""
+    from jpop_helpers.io import safe_name
+
+    album = tmp_path / "album"
+    for i, f in enumerate(("a", "b")):
+        ffmpeg_tone(album / f"{f}.mp3", 2, 300 + 100 * i)
+    root, raw = tmp_path / "root", tmp_path / "root" / "raw"
+    for f in ("a", "b"):
+        _legacy_track(raw, "me", (album / f"{f}.mp3").as_uri(), f)
+    ffmpeg_tone(tmp_path / "www" / "track.mp3", 2, 440)
+    server = _serve(tmp_path / "www")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/track.mp3"
+        (tmp_path / "s.csv").write_text(f"artist,source\nMe,album\nWeb,{url}\n")
+        first = download(read_sources(tmp_path / "s.csv"), root)  # the online track: named as always
+        assert [p.name for p in first.downloaded] == [f"{safe_name('track', f'Generic:track:{url}')}.wav"]
+        before = {p.relative_to(root): p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
+        ids = _song_ids(root)
+
+        again = download(read_sources(tmp_path / "s.csv"), root)
+        assert (again.downloaded, again.skipped) == ([], 3)
+        shutil.copytree(album, tmp_path / "moved" / "album")
+        (tmp_path / "moved.csv").write_text("artist,source\nMe,moved/album\n")
+        moved = download(read_sources(tmp_path / "moved.csv"), root)
+        assert (moved.downloaded, moved.skipped) == ([], 2)
+        after = {p.relative_to(root): p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
+        assert after == before and _song_ids(root) == ids  # nothing renamed, rewritten or added
+
+        ffmpeg_tone(album / "c.mp3", 2, 700)
+        added = download(read_sources(tmp_path / "s.csv"), root)
+        assert [p.name[:2] for p in added.downloaded] == ["c-"] and added.skipped == 3
+    finally:
+        server.shutdown()

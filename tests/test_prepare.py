@@ -26,6 +26,10 @@ def test_no_song_appears_in_two_splits(demo_root):
     assert not (songs["train"] & songs["valid"]) and not (songs["train"] & songs["test"]) and not (songs["valid"] & songs["test"])
     labels = load_labels(demo_root)
     assert (labels.groupby("song_id")["split"].nunique() == 1).all()
+    # stratified by artist: 3 artists x 2 songs, 1 held out for test and 1 for valid, so every artist
+    # keeps a song to train on (a split by song alone could hold out both songs of one artist)
+    songs = labels.drop_duplicates("song_id")
+    assert set(songs[songs["split"] == "train"]["artist"]) == set(songs["artist"]) and songs["artist"].nunique() == 3
 
 
 def test_clips_are_mono_32k_fixed_length_with_complete_sidecars(demo_root):
