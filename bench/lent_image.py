@@ -21,6 +21,7 @@ import importlib.machinery
 import importlib.metadata
 import os
 import re
+import site
 import sys
 from pathlib import Path
 
@@ -105,6 +106,9 @@ class LentImageGuard(importlib.abc.MetaPathFinder):
         # The standard library's folder (not its site-packages) too: not every module there is in
         # sys.stdlib_module_names (Debian's _sysconfigdata__x86_64-linux-gnu, which pip imports, is not).
         self.stdlib = str(Path(os.__file__).resolve().parent) + os.sep
+        # this interpreter's own packages are judged by name alone, also when its venv lies inside an
+        # allowed root (the README's .venv inside the checkout)
+        self.site_dirs = [str(Path(p).resolve()) + os.sep for p in site.getsitepackages()]
         # read before the guard is installed (0.3 s): reading them imports, which would come back here
         self.owners, self.lent = top_level_owners(), with_their_requirements(LENT_PACKAGES)
         self.refused: set[str] = set()
@@ -135,6 +139,8 @@ class LentImageGuard(importlib.abc.MetaPathFinder):
         resolved = str(Path(place).resolve()) + os.sep  # a package's folder, or a module's file
         if resolved.startswith(self.stdlib):
             return resolved[len(self.stdlib):].split(os.sep)[0] not in ("site-packages", "dist-packages")
+        if any(resolved.startswith(d) for d in self.site_dirs):
+            return False
         return any(resolved.startswith(root) for root in self.allowed)
 
 
